@@ -1,0 +1,21 @@
+"""The SOFT family as plain nn.Modules, timm registration and the release-checkpoint converter."""
+from .checkpoint import (
+    CheckpointMismatchError,
+    LoadReport,
+    convert_official_state_dict,
+    load_checkpoint,
+    to_official_state_dict,
+)
+from .soft import SoftVisionTransformer
+from .variants import VARIANTS, create_soft
+
+__all__ = [
+    "CheckpointMismatchError",
+    "LoadReport",
+    "SoftVisionTransformer",
+    "VARIANTS",
+    "convert_official_state_dict",
+    "create_soft",
+    "load_checkpoint",
+    "to_official_state_dict",
+]

@@ -1,0 +1,135 @@
+"""Attention layers of SOFT: the softmax-free attention of stages 1-3 and the softmax attention
+(with class token) of stage 4."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """[B, N, C] -> [B, heads, N, C / heads] (head-major channel order)."""
+    b, n, c = x.shape
+    return x.view(b, n, num_heads, c // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """[B, heads, N, d] -> [B, N, heads * d]."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class ConvLandmarks(nn.Module):
+    """Landmarks from queries: a stride-s convolution over the query grid, then LayerNorm + GELU.
+
+    One convolution is shared by all heads (it acts on the d channels of each head). The grid
+    rounds down (m = floor(H/s) * floor(W/s)); a grid side shorter than s is first stretched to s
+    by nearest-neighbour repetition, so any image gives at least one landmark (the release
+    crashes there). Above that size the function is exactly the release's.
+    """
+
+    def __init__(self, head_dim: int, sr_ratio: int):
+        super().__init__()
+        self.sr_ratio = sr_ratio
+        self.conv = nn.Conv2d(head_dim, head_dim, kernel_size=sr_ratio, stride=sr_ratio, bias=False)
+        self.norm = nn.LayerNorm(head_dim, eps=1e-5)
+
+    def forward(self, q: Tensor, hw: tuple[int, int]) -> Tensor:
+        b, h, n, d = q.shape
+        height, width = hw
+        grid = q.reshape(b * h, n, d).transpose(1, 2).reshape(b * h, d, height, width)
+        s = self.sr_ratio
+        if height < s or width < s:
+            grid = F.interpolate(grid, size=(max(height, s), max(width, s)), mode="nearest")
+        lm = self.conv(grid).flatten(2).transpose(1, 2).reshape(b, h, -1, d)
+        return F.gelu(self.norm(lm))
+
+
+class SoftAttention(nn.Module):
+    """Softmax-free attention (spec §3): K = Q, Gaussian kernel, Nystrom-style low-rank product
+
+        out = G(Q, L) @ M @ (G(Q, L)^T V) + conv(V),   M = newton_pinv(G(L, L))
+
+    with M = D^-1/2 newton_pinv(G(L, L)) D^-1/2 for SOFT-Norm (D = row sums of G(L, L)).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        v_conv_size: int,
+        normalized: bool = False,
+        newton_numerics: str = "regularized",
+        newton_max_iter: int = 20,
+        kernel_method: str = "auto",
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        if newton_numerics not in ops.NEWTON_NUMERICS:
+            raise ValueError(f"newton_numerics must be one of {ops.NEWTON_NUMERICS}, got {newton_numerics!r}")
+        if kernel_method not in ops.KERNEL_METHODS:
+            raise ValueError(f"kernel_method must be one of {ops.KERNEL_METHODS}, got {kernel_method!r}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.normalized = normalized
+        self.newton_numerics = newton_numerics
+        self.newton_max_iter = newton_max_iter
+        self.kernel_method = kernel_method
+        self.q = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        # sr_ratio 1: every query is a landmark (exact, quadratic); no landmark layer.
+        self.landmarks = ConvLandmarks(self.head_dim, sr_ratio) if sr_ratio > 1 else None
+        self.v_conv = nn.Conv2d(
+            num_heads, num_heads, v_conv_size, padding=v_conv_size // 2, groups=num_heads, bias=False
+        )
+        self.proj = nn.Linear(dim, dim)
+
+    def _middle(self, landmarks: Tensor):
+        """The m x m factor between the two kernel products, as a function of the summary."""
+        k2 = ops.gaussian_kernel(landmarks, landmarks, self.kernel_method)
+        inv = ops.newton_inverse(k2, self.newton_max_iter, self.newton_numerics)
+        if not self.normalized:
+            return lambda summary: torch.matmul(inv, summary)
+        d_inv_sqrt = k2.sum(-1).sqrt().reciprocal().unsqueeze(-1)  # [B, h, m, 1]
+        return lambda summary: d_inv_sqrt * torch.matmul(inv, d_inv_sqrt * summary)
+
+    def _conv_v(self, v: Tensor, hw: tuple[int, int]) -> Tensor:
+        """Depthwise k x k conv over the grid, one filter per head shared by its d channels."""
+        b, h, n, d = v.shape
+        grid = v.permute(0, 3, 1, 2).reshape(b * d, h, *hw)
+        return self.v_conv(grid).reshape(b, d, h, n).permute(0, 2, 3, 1)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        q = split_heads(self.q(x), self.num_heads) / math.sqrt(math.sqrt(self.head_dim))
+        v = split_heads(self.v(x), self.num_heads)
+        lm = q if self.landmarks is None else self.landmarks(q, hw)
+        out = ops.nystrom_attention(q, lm, v, self._middle(lm), self.kernel_method)
+        out = out.to(v.dtype) + self._conv_v(v, hw)
+        return self.proj(merge_heads(out))
+
+
+class SoftmaxAttention(nn.Module):
+    """Multi-head softmax self-attention of stage 4 (PVT style, no spatial reduction)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q = split_heads(self.q(x), self.num_heads)
+        k, v = self.kv(x).view(b, n, 2, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj_drop(self.proj(merge_heads(out)))

@@ -1,0 +1,243 @@
+"""SoftVisionTransformer: the SOFT / SOFT-Norm pyramid (spec §1-5) as a plain nn.Module.
+
+Stages 1-3 use softmax-free SOFT blocks, stage 4 softmax blocks with a class token. The feature
+maps after the four stages have strides 4, 8, 16, 32 (detection's res2..res5).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import SoftBlock, SoftmaxBlock
+from .stages import ConvBnRelu, ConvStem, SoftmaxStage, SoftStage
+
+NUM_STAGES = 4
+
+
+def _grid_after_stride(size: int, stride: int) -> int:
+    """Grid side after the stride-2 convolutions (each rounds up)."""
+    for _ in range(int(math.log2(stride))):
+        size = (size + 1) // 2
+    return size
+
+
+def _trunc_normal_init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class SoftVisionTransformer(nn.Module):
+    """SOFT backbone and classifier.
+
+    Args:
+        img_size: input size the position embeddings are stored for (they are resized to any
+            other input).
+        embed_dims, num_heads, depths, sr_ratios: per stage. ``sr_ratios[:3]`` are the landmark
+            strides; stage 4 has no spatial reduction, so ``sr_ratios[3]`` must be 1.
+        mlp_ratios: MLP hidden size / dim per stage. The release's constructor took [8, 8, 4, 4]
+            but its SOFT blocks ignore the first three and use 4; our variants say (4, 4, 4, 4),
+            which builds the identical network, and honour any override in every stage.
+        v_conv_sizes: depthwise kernel of the V convolution in stages 1-3.
+        normalized: SOFT-Norm's symmetric normalization of the inverse (spec §5).
+        newton_numerics: "regularized" (plain SOFT release) or "halving" (SOFT-Norm and 2021).
+        newton_max_iter: Newton-Schulz steps (20 in every release).
+        kernel_method: "auto" | "compiled" | "torch", the Gaussian-kernel implementation.
+        drop_rate: dropout after the position embeddings and inside stage-4 blocks.
+        drop_path_rate: residual drop rates, linear over all blocks; in SOFT blocks it is the
+            release's elementwise Dropout (``soft_block_drop="dropout"``) or "drop_path".
+        default_init_soft_blocks: keep PyTorch's default Linear init in stages 1-3 (the released
+            SOFT-Norm quirk; training only).
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dims: Sequence[int] = (64, 128, 320, 512),
+        num_heads: Sequence[int] = (2, 4, 10, 16),
+        depths: Sequence[int] = (1, 2, 3, 2),
+        mlp_ratios: Sequence[float] = (4, 4, 4, 4),
+        sr_ratios: Sequence[int] = (8, 4, 2, 1),
+        v_conv_sizes: Sequence[int] = (9, 5, 3),
+        stem_width: int = 32,
+        qkv_bias: bool = True,
+        normalized: bool = False,
+        newton_numerics: str = "regularized",
+        newton_max_iter: int = 20,
+        kernel_method: str = "auto",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        soft_block_drop: str = "dropout",
+        default_init_soft_blocks: bool = False,
+        global_pool: str = "token",
+    ):
+        super().__init__()
+        for name, value, n in (("embed_dims", embed_dims, 4), ("num_heads", num_heads, 4), ("depths", depths, 4),
+                               ("mlp_ratios", mlp_ratios, 4), ("sr_ratios", sr_ratios, 4),
+                               ("v_conv_sizes", v_conv_sizes, 3)):
+            if len(value) != n:
+                raise ValueError(f"{name} needs {n} entries (one per stage), got {list(value)}")
+        if sr_ratios[3] != 1:
+            raise ValueError(f"sr_ratios[3] must be 1: stage 4 is softmax attention without reduction, got {sr_ratios[3]}")
+        if global_pool not in ("token", ""):
+            raise ValueError(f"global_pool must be 'token' (class token) or '' (none), got {global_pool!r}")
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.embed_dims = list(embed_dims)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        attention_options = dict(normalized=normalized, newton_numerics=newton_numerics,
+                                 newton_max_iter=newton_max_iter, kernel_method=kernel_method)
+        stages, in_chs, stride, first = [], in_chans, 4, 0
+        self.feature_info = []
+        for i in range(NUM_STAGES):
+            dim = embed_dims[i]
+            downsample = ConvStem(in_chs, dim, stem_width) if i == 0 else ConvBnRelu(in_chs, dim, stride=2)
+            grid = (_grid_after_stride(img_size[0], stride), _grid_after_stride(img_size[1], stride))
+            block_rates = rates[first:first + depths[i]]
+            if i < NUM_STAGES - 1:
+                blocks = [SoftBlock(dim, num_heads[i], mlp_ratios[i], sr_ratios[i], v_conv_sizes[i], drop=r,
+                                    soft_block_drop=soft_block_drop, **attention_options) for r in block_rates]
+                stages.append(SoftStage(downsample, dim, grid, blocks, pos_drop=drop_rate))
+            else:
+                blocks = [SoftmaxBlock(dim, num_heads[i], mlp_ratios[i], qkv_bias=qkv_bias, drop=drop_rate,
+                                       drop_path=r) for r in block_rates]
+                stages.append(SoftmaxStage(downsample, dim, grid, blocks, pos_drop=drop_rate))
+            self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
+            in_chs, stride, first = dim, stride * 2, first + depths[i]
+        self.stages = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(embed_dims[-1], eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights(default_init_soft_blocks)
+
+    # ----------------------------------------------------------------------------------- init
+    def init_weights(self, default_init_soft_blocks: bool = False) -> None:
+        for stage in self.stages:
+            nn.init.trunc_normal_(stage.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.stages[-1].cls_token, std=0.02)
+        self.apply(_trunc_normal_init)
+        if default_init_soft_blocks:
+            for stage in self.stages[:-1]:
+                for m in stage.blocks.modules():
+                    if isinstance(m, (nn.Linear, nn.LayerNorm)):
+                        m.reset_parameters()
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that take no weight decay (besides norms and biases, which timm skips)."""
+        names = {f"stages.{i}.pos_embed" for i in range(NUM_STAGES)}
+        return names | {f"stages.{NUM_STAGES - 1}.cls_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^stages\.0\.downsample", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)\.(downsample|pos_embed|cls_token)", (0,)),
+            (r"^norm", (99999,))])
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    # -------------------------------------------------------------------------------- forward
+    def check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"SOFT expects an image tensor [B, {self.in_chans}, H, W], got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"SOFT expects a 4-D image batch [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"SOFT was built for {self.in_chans} input channels (in_chans), got {x.shape[1]} in shape "
+                f"{tuple(x.shape)}; convert the images or build the model with in_chans={x.shape[1]}")
+        if x.shape[0] == 0:
+            raise ValueError(f"SOFT got an empty batch (shape {tuple(x.shape)}); pass at least one image")
+        if not x.is_floating_point():
+            raise ValueError(f"SOFT expects a floating-point image tensor, got {x.dtype}; convert with .float()")
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's interface: the stage maps (NCHW, strides 4-32) picked by ``indices``.
+
+        Stage 4's map is its tokens without the class token, before the final norm (``norm=True``
+        applies the final norm to it). Returns (final normed tokens, maps) unless
+        ``intermediates_only``.
+        """
+        from timm.models._features import feature_take_indices
+
+        if output_fmt != "NCHW":
+            raise ValueError(f"SOFT intermediates are NCHW only, got output_fmt={output_fmt!r}")
+        self.check_input(x)
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        last = max_index if (stop_early or intermediates_only) else len(self.stages) - 1
+        maps = []
+        for i, stage in enumerate(self.stages[:last + 1]):
+            if i < NUM_STAGES - 1:
+                x = stage(x)
+                if i in take:
+                    maps.append(x)
+            else:
+                x, (h, w) = stage(x)
+                if i in take:
+                    tokens = self.norm(x[:, 1:]) if norm else x[:, 1:]
+                    maps.append(tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w))
+        if intermediates_only:
+            return maps
+        return self.norm(x), maps
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        from timm.models._features import feature_take_indices
+
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < NUM_STAGES - 1:
+            self.norm = nn.Identity()
+        if prune_head or max_index < NUM_STAGES - 1:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Image -> final normed tokens [B, 1 + h*w, C4] (class token first)."""
+        self.check_input(x)
+        for stage in self.stages[:-1]:
+            x = stage(x)
+        x, _ = self.stages[-1](x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))

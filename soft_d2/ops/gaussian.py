@@ -1,0 +1,39 @@
+"""Gaussian-kernel primitives of SOFT attention, pure-PyTorch path.
+
+    G(a, b)[i, j] = exp(-||a_i - b_j||^2 / 2)
+
+All functions take [..., N, d] tensors (the model uses [B, heads, N, d]) and compute in at least
+float32 (the squared distance cancels badly in half precision; float64 stays float64); results
+are returned in that precision so the caller decides where to round.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def upcast(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Half precision -> float32; float32 and float64 unchanged."""
+    return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
+
+
+def gaussian_kernel_torch(a: Tensor, b: Tensor) -> Tensor:
+    """Dense G(a, b): [..., Na, d] x [..., Nb, d] -> [..., Na, Nb] (float32 or float64)."""
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = upcast(a, b)
+        # ||a||^2 + ||b||^2 - 2 a.b, the release's expansion, in one fused GEMM.
+        sq = a.square().sum(-1).unsqueeze(-1) + b.square().sum(-1).unsqueeze(-2)
+        dist = torch.matmul(a, b.transpose(-1, -2)).mul(-2.0).add(sq)
+        return torch.exp(dist * -0.5)
+
+
+def gaussian_kernel_matmul_torch(a: Tensor, b: Tensor, w: Tensor) -> Tensor:
+    """G(a, b) @ w: [..., Na, d], [..., Nb, d], [..., Nb, e] -> [..., Na, e] (float32 or float64)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return torch.matmul(gaussian_kernel_torch(a, b), upcast(w)[0])
+
+
+def gaussian_kernel_t_matmul_torch(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    """G(a, b)^T @ v: [..., Na, d], [..., Nb, d], [..., Na, e] -> [..., Nb, e] (float32 or float64)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return torch.matmul(gaussian_kernel_torch(a, b).transpose(-1, -2), upcast(v)[0])
