@@ -99,7 +99,8 @@ class SoftVisionTransformer(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear 0..rate
         attention_options = dict(normalized=normalized, newton_numerics=newton_numerics,
                                  newton_max_iter=newton_max_iter, kernel_method=kernel_method)
         stages, in_chs, stride, first = [], in_chans, 4, 0

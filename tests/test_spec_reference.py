@@ -1,0 +1,153 @@
+"""Our SOFT block and Newton numerics against naive float64 implementations written from the
+spec (shared/soft-spec.md §2-5): explicit loops over images and heads, dense matrices, the
+release's multiplication order, Python control flow for the halving."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from soft_d2.model.blocks import SoftBlock
+from soft_d2.ops import newton_inverse
+
+
+def naive_gaussian(a, b):
+    # [n, d], [m, d] -> exp(-||a_i - b_j||^2 / 2) by explicit differences
+    diff = a[:, None, :] - b[None, :, :]
+    return torch.exp(-(diff**2).sum(-1) / 2)
+
+
+def naive_newton_regularized(a, iters):
+    m = a.shape[-1]
+    alpha = 0.9 * 2 / a.sum(-1).max() ** 2
+    p = a + float(torch.tensor(0.01, dtype=torch.float32)) * torch.eye(m, dtype=a.dtype)
+    v = alpha * p
+    for _ in range(iters):
+        v = 2 * v - v @ p @ v
+    return v
+
+
+def naive_newton_halving(a_heads, iters):
+    """a_heads: [h, m, m] of ONE image; alpha and its halvings shared by that image's heads."""
+    m = a_heads.shape[-1]
+    eye = torch.eye(m, dtype=a_heads.dtype)
+    alpha = 2 / a_heads.sum(-1).max() ** 2
+    v = alpha * a_heads
+    pnorm = (eye - a_heads @ v).abs().sum(-2).max()
+    halvings = 0
+    while pnorm > 1.01 and halvings < 10:
+        alpha = alpha * 0.5
+        v = alpha * a_heads
+        pnorm = (eye - a_heads @ v).abs().sum(-2).max()
+        halvings += 1
+    for _ in range(iters):
+        v = 2 * v - v @ a_heads @ v
+    return v, halvings
+
+
+def naive_soft_block(block, x, hw, normalized, numerics, iters):
+    """One SOFT block, post-norm, written out per image and head in float64."""
+    attn = block.attn
+    h, d = attn.num_heads, attn.head_dim
+    height, width = hw
+    b, n, c = x.shape
+    out = torch.zeros(b, n, c, dtype=x.dtype)
+    for i in range(b):
+        q_all = F.linear(x[i], attn.q.weight, attn.q.bias) / math.sqrt(math.sqrt(d))
+        v_all = F.linear(x[i], attn.v.weight, attn.v.bias)
+        k2s, k1s, vs = [], [], []
+        for head in range(h):
+            q = q_all[:, head * d:(head + 1) * d]  # [N, d]
+            grid = q.t().reshape(1, d, height, width)
+            lm = F.conv2d(grid, attn.landmarks.conv.weight, stride=attn.landmarks.sr_ratio)
+            lm = lm.reshape(d, -1).t()
+            lm = F.gelu(F.layer_norm(lm, (d,), attn.landmarks.norm.weight, attn.landmarks.norm.bias, 1e-5))
+            k1s.append(naive_gaussian(q, lm))
+            k2s.append(naive_gaussian(lm, lm))
+            vs.append(v_all[:, head * d:(head + 1) * d])
+        if numerics == "halving":
+            invs, _ = naive_newton_halving(torch.stack(k2s), iters)
+        else:
+            invs = [naive_newton_regularized(k2, iters) for k2 in k2s]
+        heads = []
+        for head in range(h):
+            inv = invs[head]
+            if normalized:
+                dmat = torch.diag(k2s[head].sum(-1) ** -0.5)
+                inv = dmat @ inv @ dmat
+            o = (k1s[head] @ inv) @ (k1s[head].t() @ vs[head])  # the release's order
+            # depthwise conv: this head's filter applied to each of its d channels
+            vgrid = vs[head].t().reshape(d, 1, height, width)
+            weight = attn.v_conv.weight[head:head + 1]
+            k = weight.shape[-1]
+            o = o + F.conv2d(vgrid, weight, padding=k // 2).reshape(d, n).t()
+            heads.append(o)
+        y = F.linear(torch.cat(heads, dim=1), attn.proj.weight, attn.proj.bias)
+        y = F.layer_norm(x[i] + y, (c,), block.norm1.weight, block.norm1.bias, 1e-5)
+        hidden = F.linear(y, block.mlp.fc1.weight, block.mlp.fc1.bias)
+        hidden = 0.5 * hidden * (1 + torch.tanh(math.sqrt(2 / math.pi) * (hidden + 0.044715 * hidden**3)))
+        z = F.linear(hidden, block.mlp.fc2.weight, block.mlp.fc2.bias)
+        out[i] = F.layer_norm(y + z, (c,), block.norm2.weight, block.norm2.bias, 1e-5)
+    return out
+
+
+def _randomize_norms(module, gen):
+    for m in module.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.weight.data = 1 + 0.1 * torch.randn(m.weight.shape, generator=gen, dtype=m.weight.dtype)
+            m.bias.data = 0.1 * torch.randn(m.bias.shape, generator=gen, dtype=m.bias.dtype)
+
+
+@pytest.mark.parametrize("normalized,numerics", [(False, "regularized"), (True, "halving"), (False, "halving")])
+@pytest.mark.parametrize("hw,sr", [((12, 10), 4), ((9, 7), 2)])
+def test_soft_block_matches_naive_float64(normalized, numerics, hw, sr):
+    gen = torch.Generator().manual_seed(3)
+    block = SoftBlock(48, 3, 4, sr, 3, normalized=normalized, newton_numerics=numerics).double().eval()
+    _randomize_norms(block, gen)
+    x = torch.randn(2, hw[0] * hw[1], 48, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        ours = block(x, hw)
+        naive = naive_soft_block(block, x, hw, normalized, numerics, 20)
+    err = ((ours - naive).abs().max() / naive.abs().max()).item()
+    assert err < 1e-10, err
+
+
+def _landmark_kernels(batch, heads, m, scale, seed):
+    gen = torch.Generator().manual_seed(seed)
+    lm = scale * torch.randn(batch, heads, m, 8, generator=gen, dtype=torch.float64)
+    return torch.exp(-torch.cdist(lm, lm) ** 2 / 2)
+
+
+@pytest.mark.parametrize("iters", [0, 1, 20])
+def test_newton_regularized_matches_naive(iters):
+    k2 = _landmark_kernels(2, 3, 17, 0.5, 1)
+    ours = newton_inverse(k2, iters, "regularized")
+    for i in range(2):
+        for h in range(3):
+            naive = naive_newton_regularized(k2[i, h], iters)
+            assert torch.allclose(ours[i, h], naive, rtol=1e-11, atol=1e-11 * naive.abs().max())
+
+
+@pytest.mark.parametrize("scale", [0.3, 0.6, 1.5])
+def test_newton_halving_matches_naive_per_image(scale):
+    k2 = _landmark_kernels(3, 2, 25, scale, 2)
+    ours = newton_inverse(k2, 20, "halving")
+    halvings = []
+    for i in range(3):
+        naive, count = naive_newton_halving(k2[i], 20)
+        halvings.append(count)
+        assert torch.allclose(ours[i], naive, rtol=1e-10, atol=1e-10 * naive.abs().max())
+    if scale == 0.3:
+        assert max(halvings) > 0, "the halving path must be exercised"
+
+
+def test_newton_halving_counts_are_per_image():
+    # Two images needing different numbers of halvings in one batch: each keeps its own alpha.
+    k2 = torch.cat([_landmark_kernels(1, 2, 30, 0.05, 4), _landmark_kernels(1, 2, 30, 2.0, 5)])
+    ours = newton_inverse(k2, 20, "halving")
+    counts = []
+    for i in range(2):
+        naive, count = naive_newton_halving(k2[i], 20)
+        counts.append(count)
+        assert torch.allclose(ours[i], naive, rtol=1e-10, atol=1e-10 * naive.abs().max())
+    assert counts[0] != counts[1], counts

@@ -1,0 +1,76 @@
+"""Build SOFT variants, print parameter counts against the release and time forward passes.
+
+    python tools/model_summary.py                     # all 10 at 224; the Tiny pair at 800x1344
+    python tools/model_summary.py --variants soft_norm_small --sizes 224 640x640
+
+Times are the median of --repeats forward passes (batch 1, torch.no_grad, after one warm-up).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import timm
+import torch
+
+import soft_d2
+
+PUBLISHED_PARAMS = {  # spec §6: parameter counts of the released models (with the 1000-class head)
+    "tiny": 13_069_056, "small": 38_858_462, "medium": 45_812_707, "large": 64_700_646, "huge": 87_108_273,
+}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 224 or 800x1344, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"size must look like 224 or 800x1344, got {text!r}")
+    return parts[0], parts[1]
+
+
+def time_forward(model: torch.nn.Module, size: tuple[int, int], repeats: int) -> float:
+    x = torch.randn(1, 3, *size)
+    times = []
+    with torch.no_grad():
+        model(x)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=sorted(soft_d2.VARIANTS), choices=sorted(soft_d2.VARIANTS))
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(224, 224)])
+    parser.add_argument("--large-size", type=parse_size, default=(800, 1344),
+                        help="detection-size forward, timed for --large-variants only")
+    parser.add_argument("--large-variants", nargs="*", default=["soft_tiny", "soft_norm_tiny"],
+                        help="variants also timed at --large-size (the faithful larger ones take minutes)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {soft_d2.ops.backend_summary()}")
+
+    header = f"{'variant':<18}{'params':>13}{'release':>13}  " + "  ".join(
+        f"{'%dx%d' % s:>11}" for s in args.sizes) + f"  {'%dx%d' % args.large_size:>11}"
+    print(header)
+    for name in args.variants:
+        model = timm.create_model(name).eval()
+        params = sum(p.numel() for p in model.parameters())
+        release = PUBLISHED_PARAMS[name.split("_")[-1]]
+        cells = [f"{time_forward(model, s, args.repeats):10.3f}s" for s in args.sizes]
+        large = (f"{time_forward(model, args.large_size, 1):10.2f}s" if name in args.large_variants else f"{'-':>11}")
+        flag = "" if params == release else "  (differs!)"
+        print(f"{name:<18}{params:>13,}{release:>13,}  " + "  ".join(cells) + f"  {large}{flag}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
