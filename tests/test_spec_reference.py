@@ -151,3 +151,16 @@ def test_newton_halving_counts_are_per_image():
         counts.append(count)
         assert torch.allclose(ours[i], naive, rtol=1e-10, atol=1e-10 * naive.abs().max())
     assert counts[0] != counts[1], counts
+
+
+@pytest.mark.parametrize("numerics", ["regularized", "halving"])
+@pytest.mark.parametrize("iters", [0, 1, 5, 20])
+def test_newton_solve_is_the_same_polynomial(numerics, iters):
+    # newton_solve evaluates V_n @ rhs by repeated squaring; in float64 it must equal the
+    # release-order iteration to rounding, also far from convergence.
+    k2 = _landmark_kernels(2, 3, 31, 0.4, 6)
+    rhs = torch.randn(2, 3, 31, 5, dtype=torch.float64)
+    from soft_d2.ops import newton_solve
+    explicit = newton_inverse(k2, iters, numerics) @ rhs
+    fast = newton_solve(k2, rhs, iters, numerics)
+    assert ((fast - explicit).abs().max() / explicit.abs().max()).item() < 1e-12

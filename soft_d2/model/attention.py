@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -91,13 +92,14 @@ class SoftAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def _middle(self, landmarks: Tensor):
-        """The m x m factor between the two kernel products, as a function of the summary."""
+        """The m x m factor between the two kernel products, applied to the [B, h, m, d] summary
+        without forming it: newton_pinv(K2) (scaled by D^-1/2 on both sides for SOFT-Norm)."""
         k2 = ops.gaussian_kernel(landmarks, landmarks, self.kernel_method)
-        inv = ops.newton_inverse(k2, self.newton_max_iter, self.newton_numerics)
+        solve = partial(ops.newton_solve, k2, max_iter=self.newton_max_iter, numerics=self.newton_numerics)
         if not self.normalized:
-            return lambda summary: torch.matmul(inv, summary)
+            return solve
         d_inv_sqrt = k2.sum(-1).sqrt().reciprocal().unsqueeze(-1)  # [B, h, m, 1]
-        return lambda summary: d_inv_sqrt * torch.matmul(inv, d_inv_sqrt * summary)
+        return lambda summary: d_inv_sqrt * solve(d_inv_sqrt * summary)
 
     def _conv_v(self, v: Tensor, hw: tuple[int, int]) -> Tensor:
         """Depthwise k x k conv over the grid, one filter per head shared by its d channels."""

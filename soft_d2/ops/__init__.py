@@ -17,7 +17,7 @@ from .gaussian import (
     gaussian_kernel_t_matmul_torch,
     gaussian_kernel_torch,
 )
-from .newton import NEWTON_NUMERICS, newton_inverse
+from .newton import NEWTON_NUMERICS, newton_inverse, newton_solve
 
 KERNEL_METHODS = ("auto", "compiled", "torch")
 
@@ -30,6 +30,7 @@ __all__ = [
     "gaussian_kernel_matmul",
     "gaussian_kernel_t_matmul",
     "newton_inverse",
+    "newton_solve",
     "nystrom_attention",
 ]
 

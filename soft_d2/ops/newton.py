@@ -36,11 +36,13 @@ def _initial_scale_regularized(a: Tensor) -> Tensor:
     return max_row_sum.square().reciprocal() * (0.9 * 2)
 
 
-def _initial_scale_halving(p: Tensor) -> Tensor:
-    """alpha per image (shared by its heads), halved until I - P(alpha P) is small enough.
+def _halving_start(p: Tensor) -> tuple[Tensor, Tensor]:
+    """alpha per image (shared by its heads), halved until I - P(alpha P) is small enough, and
+    the product P(alpha P) for that final alpha.
 
     Halvings scale P(alpha P) by exact powers of two, so the product is formed once and every
-    check the release would make is evaluated from it, without a host sync.
+    check the release would make is evaluated from it, without a host sync. (With alpha =
+    2 / max-row-sum^2 the tenth halving is never reached: ||P^2||_1 <= max-row-sum^2.)
     """
     batch = p.shape[0]
     max_row_sum = p.sum(-1).reshape(batch, -1).amax(-1)  # [B]
@@ -54,7 +56,25 @@ def _initial_scale_halving(p: Tensor) -> Tensor:
         small = residual.reshape(batch, -1).amax(-1) <= _HALVING_THRESHOLD
         settled = settled | small
         halvings = halvings + (~settled).long()
-    return alpha * torch.pow(0.5, halvings.to(p.dtype)).view(batch, 1, 1, 1)
+    scale = torch.pow(0.5, halvings.to(p.dtype)).view(batch, 1, 1, 1)
+    return alpha * scale, product * scale
+
+
+def _regularized(a: Tensor) -> Tensor:
+    # The release forms 0.01 I in float32 (torch's default dtype), so float64 adds float32(0.01).
+    return a + (torch.eye(a.shape[-1], device=a.device) * _REGULARIZER).to(a.dtype)
+
+
+def _start(a: Tensor, numerics: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(P, alpha, W0 = P (alpha P)) of the chosen numerics."""
+    if numerics == "regularized":
+        p = _regularized(a)
+        alpha = _initial_scale_regularized(a)
+        return p, alpha, torch.matmul(p, alpha * p)
+    if numerics == "halving":
+        alpha, w0 = _halving_start(a)
+        return a, alpha, w0
+    raise ValueError(f"newton numerics must be one of {NEWTON_NUMERICS}, got {numerics!r}")
 
 
 def newton_schulz_iterate(p: Tensor, v: Tensor, max_iter: int) -> Tensor:
@@ -68,17 +88,29 @@ def newton_schulz_iterate(p: Tensor, v: Tensor, max_iter: int) -> Tensor:
 
 
 def newton_inverse_forward(a: Tensor, max_iter: int, numerics: str) -> Tensor:
-    """The released approximate inverse of a [B, h, m, m] stack of symmetric kernels."""
-    if numerics == "regularized":
-        alpha = _initial_scale_regularized(a)
-        # The release forms 0.01 I in float32 (torch's default dtype), so float64 adds float32(0.01).
-        p = a + (torch.eye(a.shape[-1], device=a.device) * _REGULARIZER).to(a.dtype)
-    elif numerics == "halving":
-        p = a
-        alpha = _initial_scale_halving(p)
-    else:
-        raise ValueError(f"newton numerics must be one of {NEWTON_NUMERICS}, got {numerics!r}")
+    """The released approximate inverse of a [B, h, m, m] stack, in the release's own order."""
+    p, alpha, _ = _start(a, numerics)
     return newton_schulz_iterate(p, alpha * p, max_iter)
+
+
+def newton_solve_forward(a: Tensor, rhs: Tensor, max_iter: int, numerics: str) -> Tensor:
+    """V_n @ rhs for the same V_n as newton_inverse_forward, in half the matrix products.
+
+    Every V_k is a polynomial in P, so all factors commute. With W_k = P V_k:
+        V_{k+1} = V_k (2I - W_k),   W_{k+1} = W_k (2I - W_k) = 2 W_k - W_k^2,
+    hence V_n rhs = alpha P (2I - W_0) ... (2I - W_{n-1}) rhs: one m x m product per step (the
+    square) plus thin m x e products, instead of the two m x m products of V <- 2V - (V P) V.
+    Identical polynomial of P; float32 rounding differs from the release's order at ~1e-6.
+    """
+    p, alpha, w = _start(a, numerics)
+    out = rhs
+    for k in range(max_iter):
+        out = torch.baddbmm(out.flatten(0, -3), w.flatten(0, -3), out.flatten(0, -3), beta=2.0, alpha=-1.0
+                            ).view_as(out)
+        if k + 1 < max_iter:
+            w3 = w.flatten(0, -3)
+            w = torch.baddbmm(w3, w3, w3, beta=2.0, alpha=-1.0).view_as(w)
+    return alpha * torch.matmul(p, out)
 
 
 class _NewtonInverse(torch.autograd.Function):
@@ -95,16 +127,53 @@ class _NewtonInverse(torch.autograd.Function):
         return -torch.matmul(torch.matmul(inv_t, grad), inv_t), None, None
 
 
+def _check(a: Tensor, numerics: str, max_iter: int) -> None:
+    if a.dim() != 4 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"the Newton inverse expects a [B, heads, m, m] stack, got {tuple(a.shape)}")
+    if numerics not in NEWTON_NUMERICS:
+        raise ValueError(f"newton numerics must be one of {NEWTON_NUMERICS}, got {numerics!r}")
+    if max_iter < 0:
+        raise ValueError(f"newton max_iter must be >= 0, got {max_iter}")
+
+
 def newton_inverse(a: Tensor, max_iter: int = 20, numerics: str = "regularized") -> Tensor:
     """Approximate pinv of a [B, h, m, m] stack of symmetric PSD kernels, in float32 or float64.
 
     Gradients use the closed form of an exact inverse (of A + 0.01 I for ``"regularized"``).
     """
-    if a.dim() != 4 or a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"newton_inverse expects a [B, heads, m, m] stack, got {tuple(a.shape)}")
-    if numerics not in NEWTON_NUMERICS:
-        raise ValueError(f"newton numerics must be one of {NEWTON_NUMERICS}, got {numerics!r}")
-    if max_iter < 0:
-        raise ValueError(f"newton max_iter must be >= 0, got {max_iter}")
+    _check(a, numerics, max_iter)
     with torch.autocast(a.device.type, enabled=False):
         return _NewtonInverse.apply(upcast(a)[0], int(max_iter), numerics)
+
+
+class _NewtonSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, rhs: Tensor, max_iter: int, numerics: str) -> Tensor:
+        out = newton_solve_forward(a, rhs, max_iter, numerics)
+        ctx.save_for_backward(a, out)
+        ctx.settings = (max_iter, numerics)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # out = V rhs with V symmetric (a polynomial in symmetric P): d rhs = V g and, by the
+        # closed form of an inverse, dP = -V^T g rhs^T V^T = -(V g) out^T. V g is recomputed
+        # (one more chain of squarings) instead of keeping V or the W_k in memory.
+        a, out = ctx.saved_tensors
+        grad_rhs = newton_solve_forward(a, grad, *ctx.settings)
+        grad_a = -torch.matmul(grad_rhs, out.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
+        return grad_a, grad_rhs, None, None
+
+
+def newton_solve(a: Tensor, rhs: Tensor, max_iter: int = 20, numerics: str = "regularized") -> Tensor:
+    """newton_inverse(a) @ rhs without forming the inverse: [B, h, m, m], [B, h, m, e] -> [B, h, m, e].
+
+    The cheap form used by the model; same function as the released iteration (see
+    newton_solve_forward), closed-form gradients, float32 (float64 stays float64) under autocast.
+    """
+    _check(a, numerics, max_iter)
+    if rhs.shape[:-1] != a.shape[:-1]:
+        raise ValueError(f"newton_solve: rhs {tuple(rhs.shape)} does not match the matrices {tuple(a.shape)}")
+    with torch.autocast(a.device.type, enabled=False):
+        dtype = torch.promote_types(upcast(a)[0].dtype, upcast(rhs)[0].dtype)
+        return _NewtonSolve.apply(a.to(dtype), rhs.to(dtype), int(max_iter), numerics)
