@@ -163,4 +163,4 @@ def test_newton_solve_is_the_same_polynomial(numerics, iters):
     from soft_d2.ops import newton_solve
     explicit = newton_inverse(k2, iters, numerics) @ rhs
     fast = newton_solve(k2, rhs, iters, numerics)
-    assert ((fast - explicit).abs().max() / explicit.abs().max()).item() < 1e-12
+    assert ((fast - explicit).abs().max() / explicit.abs().max()).item() < 1e-10
