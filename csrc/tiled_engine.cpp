@@ -45,9 +45,16 @@ struct Schedule {
   bool per_head;       // CPU: one item per (head, tile); CUDA: one item per tile, all heads
   int64_t slots;       // independent buffer sets (threads)
   int64_t item_heads;  // heads per item
+  int64_t grain;       // CPU: items per task, so that a task is worth a thread wake-up
 };
 
-Schedule make_schedule(const at::Tensor& a, int64_t cols, int64_t tile_rows) {
+// A task below this many flops runs faster on the calling thread than handed to another one
+// (an OpenMP region costs tens of microseconds, and far more on a loaded machine).
+constexpr double kMinTaskFlops = double(1 << 24);
+
+// flops_per_element: work per element of G (GEMM flops of all products on the tile).
+Schedule make_schedule(const at::Tensor& a, int64_t cols, int64_t tile_rows,
+                       double flops_per_element) {
   Schedule s;
   s.heads = a.size(0);
   s.rows = a.size(1);
@@ -69,6 +76,8 @@ Schedule make_schedule(const at::Tensor& a, int64_t cols, int64_t tile_rows) {
   }
   s.tile = std::min(tile, n);
   s.tiles = s.rows == 0 ? 0 : (s.rows + s.tile - 1) / s.tile;
+  const double item_flops = double(s.tile) * double(std::max<int64_t>(cols, 1)) * flops_per_element;
+  s.grain = std::max<int64_t>(1, int64_t(kMinTaskFlops / std::max(item_flops, 1.0)));
   return s;
 }
 
@@ -76,7 +85,7 @@ Schedule make_schedule(const at::Tensor& a, int64_t cols, int64_t tile_rows) {
 template <typename Fn>
 void for_each_tile(const Schedule& s, const Fn& fn) {
   if (s.per_head) {
-    at::parallel_for(0, s.heads * s.tiles, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, s.heads * s.tiles, s.grain, [&](int64_t begin, int64_t end) {
       const int64_t slot = std::min<int64_t>(at::get_thread_num(), s.slots - 1);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t head = item / s.tiles;
@@ -146,7 +155,7 @@ at::Tensor finish_grad_b(const at::Tensor& acc, const at::Tensor& b) {
 at::Tensor gaussian_kernel_dense(const at::Tensor& a, const at::Tensor& b, int64_t tile_rows) {
   auto out = at::empty({a.size(0), a.size(1), b.size(1)}, a.options());
   auto a_aug = augment_rows(a), b_aug = augment_cols(b);
-  const auto s = make_schedule(a, b.size(1), tile_rows);
+  const auto s = make_schedule(a, b.size(1), tile_rows, 2.0 * (a.size(2) + 2));
   for_each_tile(s, [&](int64_t, int64_t h0, int64_t nh, int64_t r0, int64_t nr) {
     auto g = rows_of(out, h0, nh, r0, nr);
     kernel_tile(g, a_aug, b_aug, h0, nh, r0, nr);
@@ -159,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kernel_dense_backward(
     int64_t tile_rows) {
   const int64_t m = b.size(1), d = a.size(2);
   auto a_aug = augment_rows(a), b_aug = augment_cols(b);
-  const auto s = make_schedule(a, m, tile_rows);
+  const auto s = make_schedule(a, m, tile_rows, 4.0 * (d + 1));
   Scratch s_buf(s, m, a.options()), x_buf(s, d + 1, a.options());
   auto grad_a = at::empty_like(a);
   auto grad_b_acc = at::zeros({s.slots, s.heads, m, d + 1}, a.options());
@@ -177,7 +186,7 @@ at::Tensor kernel_matmul_streamed(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& w, int64_t tile_rows) {
   auto out = at::empty({a.size(0), a.size(1), w.size(2)}, a.options());
   auto a_aug = augment_rows(a), b_aug = augment_cols(b);
-  const auto s = make_schedule(a, b.size(1), tile_rows);
+  const auto s = make_schedule(a, b.size(1), tile_rows, 2.0 * (a.size(2) + 2 + w.size(2)));
   Scratch g_buf(s, b.size(1), a.options());
   for_each_tile(s, [&](int64_t slot, int64_t h0, int64_t nh, int64_t r0, int64_t nr) {
     auto g = g_buf.get(slot, nh, nr);
@@ -193,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward_streamed(
     int64_t tile_rows) {
   const int64_t m = b.size(1), d = a.size(2), e = w.size(2);
   auto a_aug = augment_rows(a), b_aug = augment_cols(b);
-  const auto s = make_schedule(a, m, tile_rows);
+  const auto s = make_schedule(a, m, tile_rows, 2.0 * (3 * d + 4 + 2 * e));
   Scratch g_buf(s, m, a.options()), s_buf(s, m, a.options()), x_buf(s, d + 1, a.options());
   auto grad_a = at::empty_like(a);
   auto grad_b_acc = at::zeros({s.slots, s.heads, m, d + 1}, a.options());
@@ -217,7 +226,7 @@ at::Tensor kernel_t_matmul_streamed(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& v, int64_t tile_rows) {
   const int64_t m = b.size(1), e = v.size(2);
   auto a_aug = augment_rows(a), b_aug = augment_cols(b);
-  const auto s = make_schedule(a, m, tile_rows);
+  const auto s = make_schedule(a, m, tile_rows, 2.0 * (a.size(2) + 2 + e));
   Scratch g_buf(s, m, a.options());
   auto acc = at::zeros({s.slots, s.heads, m, e}, a.options());
   for_each_tile(s, [&](int64_t slot, int64_t h0, int64_t nh, int64_t r0, int64_t nr) {
@@ -231,9 +240,9 @@ at::Tensor kernel_t_matmul_streamed(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward_streamed(
     const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b, const at::Tensor& v,
     int64_t tile_rows) {
-  const int64_t m = b.size(1), d = a.size(2);
+  const int64_t m = b.size(1), d = a.size(2), e = v.size(2);
   auto a_aug = augment_rows(a), b_aug = augment_cols(b);
-  const auto s = make_schedule(a, m, tile_rows);
+  const auto s = make_schedule(a, m, tile_rows, 2.0 * (3 * d + 4 + 2 * e));
   Scratch g_buf(s, m, a.options()), s_buf(s, m, a.options()), x_buf(s, d + 1, a.options());
   auto grad_a = at::empty_like(a);
   auto grad_v = at::empty_like(v);
