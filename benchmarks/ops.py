@@ -8,8 +8,9 @@
 
 M is a fixed m x m matrix (the Newton inverse is not what is measured). Every (shape, impl, mode)
 runs in its own subprocess: time = median of --repeats runs after one warm-up, peak = the
-process's resident-set high-water mark during the timed runs minus the resident set before them
-(Linux: /proc/self/clear_refs resets the mark), i.e. the memory the computation itself needs.
+process's resident-set high-water mark minus the resident set before the first run
+(Linux: /proc/self/clear_refs resets the mark), over all runs including the warm-up, i.e. the
+memory the computation itself needs.
 
   python benchmarks/ops.py                   # CPU table, printed
   python benchmarks/ops.py --write docs/benchmarks.md
@@ -84,7 +85,9 @@ def run_case(shape: str, impl: str, mode: str, repeats: int, device: str, thread
         return out
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    step()
+    # Peak over every run, the warm-up included (after it, freed memory the allocator keeps would
+    # hide the peak); baseline = inputs plus the runtime's own start-up buffers.
+    torch.matmul(torch.randn(64, 64, device=device), torch.randn(64, 64, device=device)).exp()
     sync()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -92,6 +95,8 @@ def run_case(shape: str, impl: str, mode: str, repeats: int, device: str, thread
     else:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         base = _rss_kib("VmRSS:") * 1024
+    step()
+    sync()
     times = []
     for _ in range(repeats):
         if device == "cuda":

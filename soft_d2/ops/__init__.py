@@ -140,19 +140,21 @@ def nystrom_attention(
 
     Evaluated right to left, so the cost is O(N m d) and nothing N x m x m is formed; ``middle``
     maps the [..., m, e] landmark summary to [..., m, e] (the approximate inverse of G(L, L),
-    with SOFT-Norm's scaling). The compiled path and the streamed torch path make two streamed
-    passes (G is recomputed, never stored); the dense torch path (small N x m) forms G(q, L) once
-    and uses it for both products.
+    with SOFT-Norm's scaling). Above ``STREAM_ELEMENTS`` elements of G (or with ``tile_rows``)
+    both paths make two streamed passes (G is recomputed, never stored); below it G(q, L) is
+    formed once (compiled kernel or the dense torch formula) and used for both products.
     """
     impl = _prepare("nystrom_attention", kernel_method, check_finite, q, landmarks, ("v", v, "a"))
     with torch.autocast(q.device.type, enabled=False):
-        if impl == "compiled":
+        streamed = bool(tile_rows) or should_stream(q, landmarks)
+        if impl == "compiled" and streamed:
             summary = gaussian_kernel_t_matmul_compiled(q, landmarks, v, tile_rows or 0)
             return gaussian_kernel_matmul_compiled(q, landmarks, middle(summary), tile_rows or 0)
-        if tile_rows or should_stream(q, landmarks):
+        if streamed:
             summary = gaussian_kernel_t_matmul_streamed(q, landmarks, v, tile_rows)
             return gaussian_kernel_matmul_streamed(q, landmarks, middle(summary), tile_rows)
-        k1 = gaussian_kernel_torch(q, landmarks)
+        # Small G (at most STREAM_ELEMENTS): forming it once beats recomputing it per product.
+        k1 = gaussian_kernel_compiled(q, landmarks) if impl == "compiled" else gaussian_kernel_torch(q, landmarks)
         summary = torch.matmul(k1.transpose(-1, -2), upcast(v)[0])
         return torch.matmul(k1, middle(summary))
 
