@@ -24,28 +24,51 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+def bounded_landmark_grid(grid_h: int, grid_w: int, max_landmarks: int) -> tuple[int, int]:
+    """A landmark grid of at most max_landmarks cells with about the aspect ratio of grid_h x grid_w."""
+    scale = math.sqrt(max_landmarks / (grid_h * grid_w))
+    rows = min(max(1, math.floor(grid_h * scale)), grid_h)
+    cols = max(1, min(math.floor(grid_w * scale), max_landmarks // rows, grid_w))
+    return rows, cols
+
+
 class ConvLandmarks(nn.Module):
     """Landmarks from queries: a stride-s convolution over the query grid, then LayerNorm + GELU.
 
-    One convolution is shared by all heads (it acts on the d channels of each head). The grid
-    rounds down (m = floor(H/s) * floor(W/s)); a grid side shorter than s is first stretched to s
-    by nearest-neighbour repetition, so any image gives at least one landmark (the release
-    crashes there). Above that size the function is exactly the release's.
+    One convolution is shared by all heads (it acts on the d channels of each head). As released,
+    the grid rounds down: m = floor(H/s) * floor(W/s).
+    - A grid side shorter than s is first stretched to s (nearest-neighbour repetition), so any
+      image gives at least one landmark along it (the release crashes there).
+    - With ``max_landmarks`` set and m above it, the query grid is first average-pooled to
+      (s * rows, s * cols), rows x cols <= max_landmarks with the grid's aspect ratio, so the
+      released stride-s convolution still sees the scale it was trained on, only coarser.
+    Below those limits the function is exactly the release's.
     """
 
     def __init__(self, head_dim: int, sr_ratio: int):
         super().__init__()
         self.sr_ratio = sr_ratio
+        self.max_landmarks: int | None = None  # set by SoftVisionTransformer.set_max_landmarks
         self.conv = nn.Conv2d(head_dim, head_dim, kernel_size=sr_ratio, stride=sr_ratio, bias=False)
         self.norm = nn.LayerNorm(head_dim, eps=1e-5)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The query-grid size the stride-s convolution is applied to."""
+        s = self.sr_ratio
+        rows, cols = max(height // s, 1), max(width // s, 1)
+        if self.max_landmarks is not None and rows * cols > self.max_landmarks:
+            rows, cols = bounded_landmark_grid(rows, cols, self.max_landmarks)
+            return rows * s, cols * s
+        return max(height, s), max(width, s)
 
     def forward(self, q: Tensor, hw: tuple[int, int]) -> Tensor:
         b, h, n, d = q.shape
         height, width = hw
         grid = q.reshape(b * h, n, d).transpose(1, 2).reshape(b * h, d, height, width)
-        s = self.sr_ratio
-        if height < s or width < s:
-            grid = F.interpolate(grid, size=(max(height, s), max(width, s)), mode="nearest")
+        size = self.input_size(height, width)
+        if size != (height, width):
+            # adaptive pooling: averages when shrinking, repeats rows/columns when stretching
+            grid = F.adaptive_avg_pool2d(grid, size)
         lm = self.conv(grid).flatten(2).transpose(1, 2).reshape(b, h, -1, d)
         return F.gelu(self.norm(lm))
 
@@ -102,18 +125,26 @@ class SoftAttention(nn.Module):
         return lambda summary: d_inv_sqrt * solve(d_inv_sqrt * summary)
 
     def _conv_v(self, v: Tensor, hw: tuple[int, int]) -> Tensor:
-        """Depthwise k x k conv over the grid, one filter per head shared by its d channels."""
-        b, h, n, d = v.shape
-        grid = v.permute(0, 3, 1, 2).reshape(b * d, h, *hw)
-        return self.v_conv(grid).reshape(b, d, h, n).permute(0, 2, 3, 1)
+        """Depthwise k x k conv of V over the grid, one filter per head shared by its d channels.
+
+        Runs on the [B, N, C] projection output viewed channels-last as [B, C, H, W] (no copy),
+        with each head's filter repeated over its d channels: the same sums as the release's
+        conv over V arranged as [B*d, heads, H, W], without the two transposing copies.
+        """
+        b, n, c = v.shape
+        grid = v.view(b, *hw, c).permute(0, 3, 1, 2)
+        weight = self.v_conv.weight.repeat_interleave(self.head_dim, dim=0)  # [C, 1, k, k]
+        out = F.conv2d(grid, weight, padding=self.v_conv.padding, groups=c)
+        return out.permute(0, 2, 3, 1).reshape(b, n, c)
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        v_proj = self.v(x)
         q = split_heads(self.q(x), self.num_heads) / math.sqrt(math.sqrt(self.head_dim))
-        v = split_heads(self.v(x), self.num_heads)
+        v = split_heads(v_proj, self.num_heads)
         lm = q if self.landmarks is None else self.landmarks(q, hw)
         out = ops.nystrom_attention(q, lm, v, self._middle(lm), self.kernel_method)
-        out = out.to(v.dtype) + self._conv_v(v, hw)
-        return self.proj(merge_heads(out))
+        out = merge_heads(out).to(v_proj.dtype) + self._conv_v(v_proj, hw)
+        return self.proj(out)
 
 
 class SoftmaxAttention(nn.Module):

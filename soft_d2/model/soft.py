@@ -50,6 +50,9 @@ class SoftVisionTransformer(nn.Module):
         newton_numerics: "regularized" (plain SOFT release) or "halving" (SOFT-Norm and 2021).
         newton_max_iter: Newton-Schulz steps (20 in every release).
         kernel_method: "auto" | "compiled" | "torch", the Gaussian-kernel implementation.
+        max_landmarks: bounded-landmark mode for large inputs: at most this many landmarks per
+            SOFT block (one number, or one per stage 1-3); None is the release's unbounded
+            m = floor(H/s) floor(W/s). Inputs below the bound compute exactly the release's function.
         drop_rate: dropout after the position embeddings and inside stage-4 blocks.
         drop_path_rate: residual drop rates, linear over all blocks; in SOFT blocks it is the
             release's elementwise Dropout (``soft_block_drop="dropout"``) or "drop_path".
@@ -74,6 +77,7 @@ class SoftVisionTransformer(nn.Module):
         newton_numerics: str = "regularized",
         newton_max_iter: int = 20,
         kernel_method: str = "auto",
+        max_landmarks: int | Sequence[int | None] | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         soft_block_drop: str = "dropout",
@@ -124,6 +128,7 @@ class SoftVisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dims[-1], eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.set_max_landmarks(max_landmarks)
         self.init_weights(default_init_soft_blocks)
 
     # ----------------------------------------------------------------------------------- init
@@ -147,6 +152,19 @@ class SoftVisionTransformer(nn.Module):
         return dict(stem=r"^stages\.0\.downsample", blocks=r"^stages\.(\d+)" if coarse else [
             (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)\.(downsample|pos_embed|cls_token)", (0,)),
             (r"^norm", (99999,))])
+
+    def set_max_landmarks(self, max_landmarks: int | Sequence[int | None] | None) -> None:
+        """Set the bounded-landmark mode (one bound or one per SOFT stage; None: unbounded)."""
+        bounds = [max_landmarks] * (NUM_STAGES - 1) if max_landmarks is None or isinstance(max_landmarks, int) \
+            else list(max_landmarks)
+        if len(bounds) != NUM_STAGES - 1 or any(b is not None and (not isinstance(b, int) or b < 1) for b in bounds):
+            raise ValueError(f"max_landmarks must be None or a positive int, alone or one per SOFT stage (3), "
+                             f"got {max_landmarks!r}")
+        for stage, bound in zip(self.stages[:NUM_STAGES - 1], bounds):
+            for blk in stage.blocks:
+                if blk.attn.landmarks is not None:
+                    blk.attn.landmarks.max_landmarks = bound
+        self.max_landmarks = bounds
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

@@ -20,6 +20,11 @@ _PLAIN = dict(normalized=False, newton_numerics="regularized")
 # The Norm release: symmetric normalization, halving Newton start, default init of SOFT blocks.
 _NORM = dict(normalized=True, newton_numerics="halving", default_init_soft_blocks=True)
 
+# Default landmark bound for detection-size inputs (Detectron2 configs use it). At 224 every
+# stage has 7 x 7 = 49 landmarks, so classification is unaffected; chosen from the trade-off
+# table in docs/benchmarks.md (benchmarks/backbone.py).
+DETECTION_MAX_LANDMARKS = 100
+
 VARIANTS: dict[str, dict] = {}
 for _size, _arch in _SIZES.items():
     VARIANTS[f"soft_{_size}"] = {**_COMMON, **_arch, **_PLAIN}

@@ -1,0 +1,235 @@
+"""Benchmark of SOFT's attention product out = G(Q, L) @ M @ (G(Q, L)^T V), side by side:
+
+  compiled  soft_d2.ops.nystrom_attention(kernel_method="compiled")  (streamed C++/CUDA op)
+  torch     soft_d2.ops.nystrom_attention(kernel_method="torch")     (dense formula for small
+            N x m, streamed PyTorch above soft_d2.ops.STREAM_ELEMENTS)
+  release   the release's formula: K1 = exp(-(q^2 @ 1 + 1 @ k^2 - 2 q k^T) / 2), then
+            (K1 @ M) @ (K1^T @ V) in that order
+
+M is a fixed m x m matrix (the Newton inverse is not what is measured). Every (shape, impl, mode)
+runs in its own subprocess: time = median of --repeats runs after one warm-up, peak = the
+process's resident-set high-water mark minus the resident set before the first run
+(Linux: /proc/self/clear_refs resets the mark), over all runs including the warm-up, i.e. the
+memory the computation itself needs.
+
+  python benchmarks/ops.py                   # CPU table, printed
+  python benchmarks/ops.py --write docs/benchmarks.md
+  python benchmarks/ops.py --device cuda     # times with CUDA events, peak = torch.cuda.max_memory_allocated
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {  # name: (batch, heads, N, m, d)
+    "224 stage-1": (1, 2, 3136, 49, 32),
+    "800x1344 stage-1": (1, 2, 67200, 1050, 32),
+}
+IMPLS = ("compiled", "torch", "release")
+MODES = ("fwd", "fwd+bwd")
+
+
+def release_formula(q, k, v, middle_matrix):
+    """The release's K1 and multiplication order (float32, no chunking)."""
+    d, n, m = q.shape[-1], q.shape[-2], k.shape[-2]
+    ones_dm = torch.ones(d, m, dtype=q.dtype, device=q.device)
+    ones_nd = torch.ones(n, d, dtype=q.dtype, device=q.device)
+    sq = torch.matmul(q * q, ones_dm) + torch.matmul(ones_nd, (k * k).transpose(-1, -2))
+    k1 = torch.exp(-0.5 * (sq - 2 * torch.matmul(q, k.transpose(-1, -2))))
+    return torch.matmul(torch.matmul(k1, middle_matrix), torch.matmul(k1.transpose(-1, -2), v))
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def run_case(shape: str, impl: str, mode: str, repeats: int, device: str, threads: int) -> dict:
+    """One measurement, in this process."""
+    from soft_d2 import ops
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    batch, heads, n, m, d = SHAPES[shape]
+    gen = torch.Generator().manual_seed(0)
+    q = (torch.randn(batch, heads, n, d, generator=gen) * 0.3).to(device)
+    lm = (torch.randn(batch, heads, m, d, generator=gen) * 0.3).to(device)
+    v = torch.randn(batch, heads, n, d, generator=gen).to(device)
+    middle_matrix = (torch.randn(batch, heads, m, m, generator=gen) / m).to(device)
+    grad = torch.randn(batch, heads, n, d, generator=gen).to(device)
+    backward = mode == "fwd+bwd"
+    leaves = [t.requires_grad_(backward) for t in (q, lm, v)]
+
+    def step():
+        q, lm, v = leaves
+        with torch.set_grad_enabled(backward):
+            if impl == "release":
+                out = release_formula(q, lm, v, middle_matrix)
+            else:
+                out = ops.nystrom_attention(q, lm, v, lambda s: torch.matmul(middle_matrix, s), impl)
+            if backward:
+                out.backward(grad)
+                for t in leaves:
+                    t.grad = None
+        return out
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    # Peak over every run, the warm-up included (after it, freed memory the allocator keeps would
+    # hide the peak); baseline = inputs plus the runtime's own start-up buffers.
+    torch.matmul(torch.randn(64, 64, device=device), torch.randn(64, 64, device=device)).exp()
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        base = _rss_kib("VmRSS:") * 1024
+    step()
+    sync()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _rss_kib("VmHWM:") * 1024) - base
+    return {"shape": shape, "impl": impl, "mode": mode, "time_s": statistics.median(times),
+            "peak_bytes": max(peak, 0), "repeats": repeats}
+
+
+def run_in_subprocess(shape, impl, mode, repeats, device, threads) -> dict:
+    cmd = [sys.executable, __file__, "--one", json.dumps([shape, impl, mode, repeats, device, threads])]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"{shape} {impl} {mode} failed:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def machine(device: str, threads: int) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    model = next((line.split(":", 1)[1].strip() for line in
+                  subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                  if line.startswith("Model name")), platform.processor())
+    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"torch threads {threads or torch.get_num_threads()}")
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| shape (B=1, 2 heads, d=32) | mode | impl | time (s) | peak memory (MiB) | vs release: time | vs release: memory |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    key = {(r["shape"], r["mode"], r["impl"]): r for r in results}
+    for r in results:
+        rel = key.get((r["shape"], r["mode"], "release"))
+        t_ratio = f"{r['time_s'] / rel['time_s']:.2f}x" if rel else "-"
+        m_ratio = f"{r['peak_bytes'] / rel['peak_bytes']:.3f}x" if rel and rel["peak_bytes"] else "-"
+        n, m = SHAPES[r["shape"]][2:4]
+        lines.append(f"| {r['shape']} (N={n}, m={m}) | {r['mode']} | {r['impl']} | {r['time_s']:.4f} | "
+                     f"{r['peak_bytes'] / 2**20:.1f} | {t_ratio} | {m_ratio} |")
+    return "\n".join(lines)
+
+
+def measure_ceilings() -> tuple[float, float]:
+    """(device-to-device bandwidth in bytes/s counting read + write, float32 GEMM flop/s without
+    TF32), measured once here: the SIMT float32 rate is what the fused kernels use."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(2**28 // 4, device="cuda")
+    y = torch.empty_like(x)
+    a, b = torch.randn(8192, 8192, device="cuda"), torch.randn(8192, 8192, device="cuda")
+
+    def timed(fn, reps=10):
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(reps):
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
+
+    bandwidth = 2 * x.numel() * 4 / timed(lambda: y.copy_(x))
+    flops = 2 * 8192**3 / timed(lambda: torch.mm(a, b))
+    return bandwidth, flops
+
+
+def floors_table(results: list[dict]) -> str:
+    """Per shape: the fused forward's floor max(flops / fp32 rate, bytes / bandwidth) and the gap."""
+    bandwidth, rate = measure_ceilings()
+    lines = [f"Ceilings measured here: copy {bandwidth / 1e12:.2f} TB/s, float32 GEMM (no TF32) "
+             f"{rate / 1e12:.1f} TFLOP/s.", "",
+             "| shape | fused fwd GFLOP | min MB moved | floor (ms) | compiled fwd (ms) | gap |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for shape, (batch, heads, n, m, d) in SHAPES.items():
+        got = [r for r in results if r["shape"] == shape and r["impl"] == "compiled" and r["mode"] == "fwd"]
+        if not got:
+            continue
+        bh = batch * heads
+        flops = 2 * bh * (2 * n * m * d + 2 * n * m * d)  # two passes, each distance + product GEMM
+        moved = 4 * bh * (3 * n * d + m * d + m * m)      # q, v, out, landmarks, M: read/written once
+        floor = max(flops / rate, moved / bandwidth)
+        t = got[0]["time_s"]
+        lines.append(f"| {shape} | {flops / 1e9:.1f} | {moved / 1e6:.1f} | {floor * 1e3:.3f} | "
+                     f"{t * 1e3:.3f} | {t / floor:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--repeats", type=int, default=0, help="timed runs per case (default: 7 small, 3 large)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--write", type=Path, help="write the table (with the machine) to this markdown file")
+    p.add_argument("--append", action="store_true", help="append to --write instead of replacing it")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_case(*json.loads(args.one))))
+        return
+    results = []
+    for shape in args.shapes:
+        repeats = args.repeats or (7 if SHAPES[shape][2] < 10_000 else 3)
+        for mode in args.modes:
+            for impl in args.impls:
+                r = run_in_subprocess(shape, impl, mode, repeats, args.device, args.threads)
+                print(f"{shape:18s} {mode:8s} {impl:9s} {r['time_s']:.4f} s  {r['peak_bytes'] / 2**20:9.1f} MiB",
+                      flush=True)
+                results.append(r)
+    text = (f"Machine: {machine(args.device, args.threads)}\n\nCommand: `python benchmarks/ops.py "
+            f"{' '.join(sys.argv[1:])}`\n\n{table(results)}\n")
+    if args.device == "cuda":
+        text += "\n" + floors_table(results) + "\n"
+    print("\n" + text)
+    if args.write:
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        old = args.write.read_text() if args.write.exists() and args.append else ""
+        args.write.write_text(old + f"\n## {args.device}, {args.threads or torch.get_num_threads()} thread(s)\n\n{text}")
+
+
+import torch  # noqa: E402  (after the docstring-driven argparse setup; subprocesses import it too)
+
+if __name__ == "__main__":
+    main()

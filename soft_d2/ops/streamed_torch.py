@@ -1,0 +1,117 @@
+"""Pure-PyTorch streamed Gaussian-kernel products: the compiled engine's algorithm in PyTorch ops.
+
+G(a, b) is formed a chunk of a's rows at a time (all batch/head dims together), used and dropped,
+in the forward and again in the backward, so memory is O(chunk x m + outputs) rather than the
+O(N x m) (times the intermediates autograd keeps) of the dense formula. Computes in float32
+(float64 stays float64), autocast off, like the dense path.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+from .gaussian import gaussian_kernel_torch
+
+# Above this many elements of G (all batch/head dims), the torch path streams: 16 MB in float32.
+STREAM_ELEMENTS = 1 << 22
+
+
+def should_stream(a: Tensor, b: Tensor) -> bool:
+    return math.prod(a.shape[:-1]) * b.shape[-2] > STREAM_ELEMENTS
+
+
+def chunk_rows(a: Tensor, b: Tensor, tile_rows: int | None) -> int:
+    if tile_rows:
+        return max(1, tile_rows)
+    per_row = math.prod(a.shape[:-2]) * b.shape[-2]
+    return max(1, STREAM_ELEMENTS // max(per_row, 1))
+
+
+def _common(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """float32, or float64 if any input is float64 (as the compiled op does)."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def _row_chunks(n: int, rows: int):
+    return [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
+
+
+def _position_grads(s: Tensor, a_c: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """From S = dL/dG * G of one chunk: dL/da_c, and this chunk's part of dL/db."""
+    ga = torch.matmul(s, b) - s.sum(-1, keepdim=True) * a_c
+    gb = torch.matmul(s.transpose(-1, -2), a_c) - s.sum(-2).unsqueeze(-1) * b
+    return ga, gb
+
+
+class _StreamedKernelMatmul(Function):
+    """G(a, b) @ w."""
+
+    @staticmethod
+    def forward(ctx, a, b, w, rows):
+        with torch.autocast(a.device.type, enabled=False):
+            a, b, w = _common(a, b, w)
+            out = a.new_empty(*a.shape[:-1], w.shape[-1])
+            for c in _row_chunks(a.shape[-2], rows):
+                out[..., c, :] = torch.matmul(gaussian_kernel_torch(a[..., c, :], b), w)
+        ctx.save_for_backward(a, b, w)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        a, b, w = ctx.saved_tensors
+        with torch.autocast(a.device.type, enabled=False):
+            grad = grad.to(a.dtype)
+            ga, gb, gw = torch.empty_like(a), torch.zeros_like(b), torch.zeros_like(w)
+            for c in _row_chunks(a.shape[-2], ctx.rows):
+                g = gaussian_kernel_torch(a[..., c, :], b)
+                gy = grad[..., c, :]
+                gw += torch.matmul(g.transpose(-1, -2), gy)
+                s = torch.matmul(gy, w.transpose(-1, -2)).mul_(g)
+                ga[..., c, :], gb_part = _position_grads(s, a[..., c, :], b)
+                gb += gb_part
+        return ga, gb, gw, None
+
+
+class _StreamedKernelTMatmul(Function):
+    """G(a, b)^T @ v."""
+
+    @staticmethod
+    def forward(ctx, a, b, v, rows):
+        with torch.autocast(a.device.type, enabled=False):
+            a, b, v = _common(a, b, v)
+            out = b.new_zeros(*b.shape[:-1], v.shape[-1])
+            for c in _row_chunks(a.shape[-2], rows):
+                out += torch.matmul(gaussian_kernel_torch(a[..., c, :], b).transpose(-1, -2), v[..., c, :])
+        ctx.save_for_backward(a, b, v)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        a, b, v = ctx.saved_tensors
+        with torch.autocast(a.device.type, enabled=False):
+            grad = grad.to(a.dtype)
+            ga, gb, gv = torch.empty_like(a), torch.zeros_like(b), torch.empty_like(v)
+            for c in _row_chunks(a.shape[-2], ctx.rows):
+                g = gaussian_kernel_torch(a[..., c, :], b)
+                gv[..., c, :] = torch.matmul(g, grad)
+                s = torch.matmul(v[..., c, :], grad.transpose(-1, -2)).mul_(g)
+                ga[..., c, :], gb_part = _position_grads(s, a[..., c, :], b)
+                gb += gb_part
+        return ga, gb, gv, None
+
+
+def gaussian_kernel_matmul_streamed(a: Tensor, b: Tensor, w: Tensor, tile_rows: int | None = None) -> Tensor:
+    return _StreamedKernelMatmul.apply(a, b, w, chunk_rows(a, b, tile_rows))
+
+
+def gaussian_kernel_t_matmul_streamed(a: Tensor, b: Tensor, v: Tensor, tile_rows: int | None = None) -> Tensor:
+    return _StreamedKernelTMatmul.apply(a, b, v, chunk_rows(a, b, tile_rows))

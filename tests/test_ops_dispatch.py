@@ -1,0 +1,124 @@
+"""kernel_method dispatch, the missing-extension fallback, and the ops inside SOFT attention."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from soft_d2 import ops
+from soft_d2.model.attention import SoftAttention
+from soft_d2.ops import extension
+from soft_d2.ops.gaussian import gaussian_kernel_torch, upcast
+
+needs_compiled = pytest.mark.skipif(not ops.compiled_available(), reason="compiled extension not built")
+
+
+@pytest.fixture
+def no_extension(monkeypatch):
+    monkeypatch.setattr(extension, "_C", None)
+    monkeypatch.setattr(extension, "_LOAD_ERROR", "No module named 'soft_d2._C'")
+    monkeypatch.setattr(extension, "_warned", False)
+
+
+def _inputs(n=50, m=7, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 2, n, 8, generator=gen) * 0.5
+    lm = torch.randn(2, 2, m, 8, generator=gen) * 0.5
+    v = torch.randn(2, 2, n, 8, generator=gen)
+    mid = torch.randn(2, 2, m, m, generator=gen) / m
+    return q, lm, v, (lambda s: torch.matmul(mid, s))
+
+
+def test_method_validation():
+    with pytest.raises(ValueError, match="kernel_method must be one of"):
+        ops.check_kernel_method("cuda")
+    assert ops.check_kernel_method("torch") == "torch"
+
+
+@needs_compiled
+def test_auto_picks_compiled_when_built():
+    assert ops.check_kernel_method("auto") == "compiled"
+    assert "compiled soft_d2._C" in ops.backend_summary()
+
+
+def test_missing_extension_warns_once_and_falls_back(no_extension):
+    q, lm, v, mid = _inputs()
+    with pytest.warns(RuntimeWarning, match="soft_d2._C.*not available.*pure-PyTorch") as record:
+        first = ops.nystrom_attention(q, lm, v, mid, "auto")
+        ops.gaussian_kernel(lm, lm, "auto")
+        ops.nystrom_attention(q, lm, v, mid, "auto")
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    assert torch.equal(first, ops.nystrom_attention(q, lm, v, mid, "torch"))
+    assert "pure PyTorch" in ops.backend_summary()
+
+
+def test_compiled_without_extension_is_a_clear_error(no_extension):
+    q, lm, v, mid = _inputs()
+    with pytest.raises(RuntimeError, match="kernel_method='compiled'.*not available.*tools/install.sh"):
+        ops.nystrom_attention(q, lm, v, mid, "compiled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 'torch' asked for explicitly: no warning
+        ops.nystrom_attention(q, lm, v, mid, "torch")
+
+
+def test_small_torch_path_is_the_dense_formula_bit_for_bit():
+    # The model's fidelity to the release rests on this path staying exactly what it was.
+    q, lm, v, mid = _inputs()
+    k1 = gaussian_kernel_torch(q, lm)
+    want = torch.matmul(k1, mid(torch.matmul(k1.transpose(-1, -2), upcast(v)[0])))
+    assert torch.equal(ops.nystrom_attention(q, lm, v, mid, "torch"), want)
+
+
+def test_large_torch_path_streams(monkeypatch):
+    q, lm, v, mid = _inputs(n=300, m=20)
+    dense = ops.nystrom_attention(q, lm, v, mid, "torch")
+    monkeypatch.setattr("soft_d2.ops.streamed_torch.STREAM_ELEMENTS", 1000)
+    calls = []
+    real = ops.gaussian_kernel_t_matmul_streamed
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ops, "gaussian_kernel_t_matmul_streamed", spy)
+    streamed = ops.nystrom_attention(q, lm, v, mid, "torch")
+    assert calls, "above STREAM_ELEMENTS the torch path must stream"
+    torch.testing.assert_close(streamed, dense, rtol=1e-5, atol=1e-6)
+
+
+@needs_compiled
+@pytest.mark.parametrize("tile_rows", [None, 13])
+def test_nystrom_compiled_matches_torch_with_grads(tile_rows):
+    q, lm, v, mid = _inputs(n=90, m=11, seed=4)
+    outs, grads = [], []
+    for method in ("torch", "compiled"):
+        leaves = [t.clone().requires_grad_() for t in (q, lm, v)]
+        out = ops.nystrom_attention(*leaves, mid, method, tile_rows=tile_rows if method == "compiled" else None)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append([t.grad for t in leaves])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    for g_c, g_t in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_c, g_t, rtol=1e-4, atol=1e-5)
+
+
+@needs_compiled
+@pytest.mark.parametrize("normalized", [False, True])
+def test_soft_attention_compiled_matches_torch(normalized):
+    torch.manual_seed(0)
+    layers = {}
+    for method in ("torch", "compiled"):
+        torch.manual_seed(0)
+        layers[method] = SoftAttention(64, 2, sr_ratio=4, v_conv_size=3, normalized=normalized,
+                                       newton_numerics="halving" if normalized else "regularized",
+                                       kernel_method=method)
+    x = torch.randn(2, 16 * 12, 64)
+    outs = {}
+    for method, layer in layers.items():
+        xx = x.clone().requires_grad_()
+        out = layer(xx, (16, 12))
+        out.sum().backward()
+        outs[method] = (out, xx.grad, layer.q.weight.grad)
+    for got, want in zip(outs["compiled"], outs["torch"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# GPU check of the compiled attention op, for a lent H100/H200 (Python 3.12, torch, nvcc; no
+# detectron2 needed): builds soft_d2._C from source with CUDA, runs the op tests on the GPU, then
+# the op benchmark on CUDA with the bandwidth / FLOP floors per shape. Output and logs go to
+# ${OUT:-./gpu_check_out}; the tables are printed last.
+#
+#   bash tools/gpu_check.sh            # full check
+#   DRY_RUN=1 bash tools/gpu_check.sh  # CPU-only rehearsal: no CUDA build, CPU benchmark of the small shape
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUTDIR=${OUT:-gpu_check_out}
+mkdir -p "$OUTDIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+step() { echo; echo "=== $*"; }
+
+step "machine"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUTDIR/machine.txt"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null | tee -a "$OUTDIR/machine.txt"
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    step "build (dry run: CPU extension)"
+    SOFT_D2_REQUIRE_EXT=1 "$PY" setup.py -q build_ext --inplace >"$OUTDIR/build.log" 2>&1 || status=1
+else
+    step "build soft_d2._C with CUDA"
+    export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+    rm -f soft_d2/_C*.so
+    FORCE_CUDA=1 SOFT_D2_REQUIRE_EXT=1 MAX_JOBS=${MAX_JOBS:-8} "$PY" setup.py build_ext --inplace \
+        >"$OUTDIR/build.log" 2>&1 || { tail -40 "$OUTDIR/build.log"; exit 1; }
+    # register/shared-memory report of the fused kernels (spills would show here)
+    "$CUDA_HOME/bin/cuobjdump" --dump-resource-usage build/temp*/csrc/fused_forward_cuda.o \
+        >"$OUTDIR/resource_usage.txt" 2>&1 && grep -E "Function|REG" "$OUTDIR/resource_usage.txt" | head -20
+fi
+"$PY" -c "import soft_d2.ops as o; print(o.backend_summary())" || status=1
+
+step "op tests (GPU tests must run here, not skip)"
+"$PY" -m pytest -q -rs -p no:cacheprovider tests/test_ops_cuda.py tests/test_ops_compiled.py \
+    tests/test_ops_errors.py tests/test_ops_dispatch.py 2>&1 | tee "$OUTDIR/tests.txt" | tail -15
+grep -qE "[0-9]+ failed|error" "$OUTDIR/tests.txt" && status=1
+if [ "${DRY_RUN:-0}" != 1 ] && grep -q "needs a CUDA GPU" "$OUTDIR/tests.txt"; then
+    echo "GPU tests were skipped on a GPU machine"; status=1
+fi
+
+step "op benchmark"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    "$PY" benchmarks/ops.py --shapes "224 stage-1" --repeats 3 --write "$OUTDIR/benchmarks.md" || status=1
+else
+    "$PY" benchmarks/ops.py --device cuda --repeats 20 --write "$OUTDIR/benchmarks.md" || status=1
+fi
+echo; cat "$OUTDIR/benchmarks.md"
+exit $status
