@@ -67,8 +67,10 @@ Schedule make_schedule(const at::Tensor& a, int64_t cols, int64_t tile_rows,
     if (s.per_head) {
       // About 64K elements (256 KB in float32) per tile: stays in L2 through its ops.
       tile = std::clamp<int64_t>((int64_t(1) << 16) / std::max<int64_t>(cols, 1), 16, 4096);
-      // Enough items to keep every thread busy.
-      while (tile > 16 && s.heads * ((n + tile - 1) / tile) < 4 * s.slots) tile /= 2;
+      // Enough tiles to keep every thread busy. Deliberately independent of the number of
+      // heads/images: a row's result must not depend on its batch-mates (GEMM rounding follows
+      // the tile shape, and the unconverged Newton inverse amplifies such differences).
+      while (tile > 16 && (n + tile - 1) / tile < 4 * s.slots) tile /= 2;
     } else {
       // About 2^24 elements (64 MB in float32) of G per tile over all heads.
       tile = std::max<int64_t>((int64_t(1) << 24) / std::max<int64_t>(cols * s.heads, 1), 64);

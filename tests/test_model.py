@@ -135,9 +135,10 @@ def test_bad_constructor_arguments(kwargs, match):
         small_model(**kwargs)
 
 
+@pytest.mark.parametrize("kernel_method", ["torch", "auto"])
 @pytest.mark.parametrize("normalized", [False, True])
-def test_batch_independence(normalized):
-    model = small_model(normalized)
+def test_batch_independence(normalized, kernel_method):
+    model = small_model(normalized, kernel_method=kernel_method)
     x = torch.randn(3, 3, 96, 96) * torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1, 1)
     with torch.no_grad():
         batch = model.forward_intermediates(x)

@@ -31,6 +31,7 @@ from .extension import compiled_module, load_error, warn_fallback_once
 from .gaussian import (
     gaussian_kernel_matmul_torch,
     gaussian_kernel_t_matmul_torch,
+    batched_matmul,
     gaussian_kernel_torch,
     upcast,
 )
@@ -156,8 +157,14 @@ def nystrom_attention(
             return gaussian_kernel_matmul_streamed(q, landmarks, middle(summary), tile_rows)
         # Small G (at most STREAM_ELEMENTS): forming it once beats recomputing it per product.
         k1 = gaussian_kernel_compiled(q, landmarks) if impl == "compiled" else gaussian_kernel_torch(q, landmarks)
-        summary = torch.matmul(k1.transpose(-1, -2), upcast(v)[0])
-        return torch.matmul(k1, middle(summary))
+        # The summary is a reduction over all N rows. BLAS libraries split long reductions over
+        # threads depending on how many matrices are in the batch, and the unconverged Newton
+        # inverse amplifies the resulting rounding changes into outputs that depend on the
+        # batch size; accumulated in float64 the rounded result no longer depends on the split.
+        v = upcast(v)[0]
+        wide = torch.promote_types(k1.dtype, torch.float64)
+        summary = batched_matmul(k1.transpose(-1, -2).to(wide), v.to(wide)).to(k1.dtype)
+        return batched_matmul(k1, middle(summary))
 
 
 def backend_summary() -> str:

@@ -17,23 +17,31 @@ def upcast(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
 
 
+def batched_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for [..., n, k] x [..., k, e] with equal batch shapes, as one bmm whatever the batch
+    size. torch.matmul turns a batch of one into a plain mm, whose rounding differs from bmm's;
+    the unconverged Newton inverse amplifies that into outputs that depend on the batch size."""
+    out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return out.view(*a.shape[:-2], *out.shape[-2:])
+
+
 def gaussian_kernel_torch(a: Tensor, b: Tensor) -> Tensor:
     """Dense G(a, b): [..., Na, d] x [..., Nb, d] -> [..., Na, Nb] (float32 or float64)."""
     with torch.autocast(a.device.type, enabled=False):
         a, b = upcast(a, b)
         # ||a||^2 + ||b||^2 - 2 a.b, the release's expansion, in one fused GEMM.
         sq = a.square().sum(-1).unsqueeze(-1) + b.square().sum(-1).unsqueeze(-2)
-        dist = torch.matmul(a, b.transpose(-1, -2)).mul(-2.0).add(sq)
+        dist = batched_matmul(a, b.transpose(-1, -2)).mul(-2.0).add(sq)
         return torch.exp(dist * -0.5)
 
 
 def gaussian_kernel_matmul_torch(a: Tensor, b: Tensor, w: Tensor) -> Tensor:
     """G(a, b) @ w: [..., Na, d], [..., Nb, d], [..., Nb, e] -> [..., Na, e] (float32 or float64)."""
     with torch.autocast(a.device.type, enabled=False):
-        return torch.matmul(gaussian_kernel_torch(a, b), upcast(w)[0])
+        return batched_matmul(gaussian_kernel_torch(a, b), upcast(w)[0])
 
 
 def gaussian_kernel_t_matmul_torch(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
     """G(a, b)^T @ v: [..., Na, d], [..., Nb, d], [..., Na, e] -> [..., Nb, e] (float32 or float64)."""
     with torch.autocast(a.device.type, enabled=False):
-        return torch.matmul(gaussian_kernel_torch(a, b).transpose(-1, -2), upcast(v)[0])
+        return batched_matmul(gaussian_kernel_torch(a, b).transpose(-1, -2), upcast(v)[0])

@@ -21,11 +21,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .gaussian import upcast
+from .gaussian import batched_matmul, upcast
 
 NEWTON_NUMERICS = ("regularized", "halving")
 
 _REGULARIZER = 0.01
+# newton_solve iterates systems up to this size in float64 (see there).
+FLOAT64_MAX_LANDMARKS = 128
 _HALVING_THRESHOLD = 1.01
 _MAX_HALVINGS = 10
 
@@ -47,7 +49,7 @@ def _halving_start(p: Tensor) -> tuple[Tensor, Tensor]:
     batch = p.shape[0]
     max_row_sum = p.sum(-1).reshape(batch, -1).amax(-1)  # [B]
     alpha = (max_row_sum.square().reciprocal() * 2).view(batch, 1, 1, 1)
-    product = torch.matmul(p, alpha * p)  # P (alpha P), [B, h, m, m]
+    product = batched_matmul(p, alpha * p)  # P (alpha P), [B, h, m, m]
     eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
     halvings = torch.zeros(batch, dtype=torch.int64, device=p.device)
     settled = torch.zeros(batch, dtype=torch.bool, device=p.device)
@@ -70,7 +72,7 @@ def _start(a: Tensor, numerics: str) -> tuple[Tensor, Tensor, Tensor]:
     if numerics == "regularized":
         p = _regularized(a)
         alpha = _initial_scale_regularized(a)
-        return p, alpha, torch.matmul(p, alpha * p)
+        return p, alpha, batched_matmul(p, alpha * p)
     if numerics == "halving":
         alpha, w0 = _halving_start(a)
         return a, alpha, w0
@@ -110,7 +112,7 @@ def newton_solve_forward(a: Tensor, rhs: Tensor, max_iter: int, numerics: str) -
         if k + 1 < max_iter:
             w3 = w.flatten(0, -3)
             w = torch.baddbmm(w3, w3, w3, beta=2.0, alpha=-1.0).view_as(w)
-    return alpha * torch.matmul(p, out)
+    return alpha * batched_matmul(p, out)
 
 
 class _NewtonInverse(torch.autograd.Function):
@@ -124,7 +126,7 @@ class _NewtonInverse(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (inv,) = ctx.saved_tensors
         inv_t = inv.transpose(-1, -2)
-        return -torch.matmul(torch.matmul(inv_t, grad), inv_t), None, None
+        return -batched_matmul(batched_matmul(inv_t, grad), inv_t), None, None
 
 
 def _check(a: Tensor, numerics: str, max_iter: int) -> None:
@@ -161,7 +163,7 @@ class _NewtonSolve(torch.autograd.Function):
         # (one more chain of squarings) instead of keeping V or the W_k in memory.
         a, out = ctx.saved_tensors
         grad_rhs = newton_solve_forward(a, grad, *ctx.settings)
-        grad_a = -torch.matmul(grad_rhs, out.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
+        grad_a = -batched_matmul(grad_rhs, out.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
         return grad_a, grad_rhs, None, None
 
 
@@ -176,4 +178,8 @@ def newton_solve(a: Tensor, rhs: Tensor, max_iter: int = 20, numerics: str = "re
         raise ValueError(f"newton_solve: rhs {tuple(rhs.shape)} does not match the matrices {tuple(a.shape)}")
     with torch.autocast(a.device.type, enabled=False):
         dtype = torch.promote_types(upcast(a)[0].dtype, upcast(rhs)[0].dtype)
-        return _NewtonSolve.apply(a.to(dtype), rhs.to(dtype), int(max_iter), numerics)
+        # Small systems iterate in float64: negligible cost, and the unconverged iteration then
+        # no longer amplifies its own float32 rounding (which BLAS varies with the batch size).
+        inner = torch.float64 if a.shape[-1] <= FLOAT64_MAX_LANDMARKS else dtype
+        out = _NewtonSolve.apply(a.to(inner), rhs.to(inner), int(max_iter), numerics)
+        return out.to(dtype)

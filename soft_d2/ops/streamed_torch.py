@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from .gaussian import gaussian_kernel_torch
+from .gaussian import batched_matmul, gaussian_kernel_torch
 
 # Above this many elements of G (all batch/head dims), the torch path streams: 16 MB in float32.
 STREAM_ELEMENTS = 1 << 22
@@ -43,8 +43,8 @@ def _row_chunks(n: int, rows: int):
 
 def _position_grads(s: Tensor, a_c: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """From S = dL/dG * G of one chunk: dL/da_c, and this chunk's part of dL/db."""
-    ga = torch.matmul(s, b) - s.sum(-1, keepdim=True) * a_c
-    gb = torch.matmul(s.transpose(-1, -2), a_c) - s.sum(-2).unsqueeze(-1) * b
+    ga = batched_matmul(s, b) - s.sum(-1, keepdim=True) * a_c
+    gb = batched_matmul(s.transpose(-1, -2), a_c) - s.sum(-2).unsqueeze(-1) * b
     return ga, gb
 
 
@@ -57,7 +57,7 @@ class _StreamedKernelMatmul(Function):
             a, b, w = _common(a, b, w)
             out = a.new_empty(*a.shape[:-1], w.shape[-1])
             for c in _row_chunks(a.shape[-2], rows):
-                out[..., c, :] = torch.matmul(gaussian_kernel_torch(a[..., c, :], b), w)
+                out[..., c, :] = batched_matmul(gaussian_kernel_torch(a[..., c, :], b), w)
         ctx.save_for_backward(a, b, w)
         ctx.rows = rows
         return out
@@ -72,8 +72,8 @@ class _StreamedKernelMatmul(Function):
             for c in _row_chunks(a.shape[-2], ctx.rows):
                 g = gaussian_kernel_torch(a[..., c, :], b)
                 gy = grad[..., c, :]
-                gw += torch.matmul(g.transpose(-1, -2), gy)
-                s = torch.matmul(gy, w.transpose(-1, -2)).mul_(g)
+                gw += batched_matmul(g.transpose(-1, -2), gy)
+                s = batched_matmul(gy, w.transpose(-1, -2)).mul_(g)
                 ga[..., c, :], gb_part = _position_grads(s, a[..., c, :], b)
                 gb += gb_part
         return ga, gb, gw, None
@@ -88,7 +88,7 @@ class _StreamedKernelTMatmul(Function):
             a, b, v = _common(a, b, v)
             out = b.new_zeros(*b.shape[:-1], v.shape[-1])
             for c in _row_chunks(a.shape[-2], rows):
-                out += torch.matmul(gaussian_kernel_torch(a[..., c, :], b).transpose(-1, -2), v[..., c, :])
+                out += batched_matmul(gaussian_kernel_torch(a[..., c, :], b).transpose(-1, -2), v[..., c, :])
         ctx.save_for_backward(a, b, v)
         ctx.rows = rows
         return out
@@ -102,8 +102,8 @@ class _StreamedKernelTMatmul(Function):
             ga, gb, gv = torch.empty_like(a), torch.zeros_like(b), torch.empty_like(v)
             for c in _row_chunks(a.shape[-2], ctx.rows):
                 g = gaussian_kernel_torch(a[..., c, :], b)
-                gv[..., c, :] = torch.matmul(g, grad)
-                s = torch.matmul(v[..., c, :], grad.transpose(-1, -2)).mul_(g)
+                gv[..., c, :] = batched_matmul(g, grad)
+                s = batched_matmul(v[..., c, :], grad.transpose(-1, -2)).mul_(g)
                 ga[..., c, :], gb_part = _position_grads(s, a[..., c, :], b)
                 gb += gb_part
         return ga, gb, gv, None
