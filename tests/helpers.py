@@ -4,7 +4,7 @@ import torch
 from soft_d2.model import SoftVisionTransformer
 
 
-def release_config_model(config: dict, normalized: bool) -> SoftVisionTransformer:
+def release_config_model(config: dict, normalized: bool, kernel_method: str = "auto") -> SoftVisionTransformer:
     """Our model for a release constructor config (as stored in release_outputs_*.pt).
 
     The release's SOFT blocks ignore mlp_ratios[:3] and use 4; ours honours them, so say 4.
@@ -14,6 +14,7 @@ def release_config_model(config: dict, normalized: bool) -> SoftVisionTransforme
         mlp_ratios=(4, 4, 4, config["mlp_ratios"][3]), sr_ratios=config["sr_ratios"],
         num_classes=config["num_classes"], newton_max_iter=config["newton_max_iter"],
         normalized=normalized, newton_numerics="halving" if normalized else "regularized",
+        kernel_method=kernel_method,
     ).eval()
 
 

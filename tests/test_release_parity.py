@@ -1,4 +1,6 @@
 """Our model against the SOFT release's own outputs on fixed weights and inputs."""
+import functools
+
 import pytest
 import torch
 
@@ -9,9 +11,14 @@ from helpers import all_outputs, rel_err, release_config_model
 KEYS = ("stage1", "stage2", "stage3", "stage4_tokens", "stage4_cls_normed", "logits")
 
 
-def _load(reference, flavour):
-    data = torch.load(reference / f"release_outputs_{flavour}.pt", weights_only=False)
-    model = release_config_model(data["config"], normalized=flavour == "norm")
+@functools.lru_cache(maxsize=2)
+def _data(path):
+    return torch.load(path, weights_only=False)
+
+
+def _load(reference, flavour, kernel_method="auto"):
+    data = _data(reference / f"release_outputs_{flavour}.pt")
+    model = release_config_model(data["config"], normalized=flavour == "norm", kernel_method=kernel_method)
     report = load_checkpoint(model, data["state_dict"])  # strict: every key must fit
     assert report.complete and len(report.loaded) == len(data["state_dict"])
     return data, model
@@ -22,10 +29,11 @@ def _run(model, x, dtype):
         return all_outputs(model.to(dtype), x.to(dtype))
 
 
+@pytest.mark.parametrize("kernel_method", ["torch", "auto"])
 @pytest.mark.parametrize("flavour", ["plain", "norm"])
 @pytest.mark.parametrize("name", ["x1", "x2", "x3"])
-def test_float32_matches_release(reference, flavour, name):
-    data, model = _load(reference, flavour)
+def test_float32_matches_release(reference, flavour, name, kernel_method):
+    data, model = _load(reference, flavour, kernel_method)
     got = _run(model, data["inputs"][name], torch.float32)
     expected = data["outputs"][name]
     if flavour == "norm" and name == "x3":
@@ -38,12 +46,13 @@ def test_float32_matches_release(reference, flavour, name):
         assert rel_err(got[key], expected[key]) < 1e-5, (key, rel_err(got[key], expected[key]))
 
 
+@pytest.mark.parametrize("kernel_method", ["torch", "auto"])
 @pytest.mark.parametrize("flavour", ["plain", "norm"])
 @pytest.mark.parametrize("name", ["x1", "x2", "x3"])
-def test_float64_matches_release_to_rounding(reference, flavour, name):
+def test_float64_matches_release_to_rounding(reference, flavour, name, kernel_method):
     # In float64 any formula difference (order of products, a constant, the regularizer's
     # rounding) shows far above rounding level, so this pins the exact arithmetic.
-    data, model = _load(reference, flavour)
+    data, model = _load(reference, flavour, kernel_method)
     got = _run(model, data["inputs"][name], torch.float64)
     expected = data["outputs_fp64"][name]
     if flavour == "norm" and name == "x3":
