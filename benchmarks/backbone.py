@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "backbone_cost.png"

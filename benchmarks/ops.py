@@ -28,6 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name: (batch, heads, N, m, d)
     "224 stage-1": (1, 2, 3136, 49, 32),

@@ -12,6 +12,11 @@ from ../shared/reference/official_variants.json when present.
 """
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 from pathlib import Path

@@ -7,6 +7,11 @@ Times are the median of --repeats forward passes (batch 1, torch.no_grad, after 
 """
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import statistics
 import time
