@@ -153,14 +153,31 @@ def test_newton_halving_counts_are_per_image():
     assert counts[0] != counts[1], counts
 
 
+@pytest.mark.parametrize("solver", ["eigh", "squaring"])
 @pytest.mark.parametrize("numerics", ["regularized", "halving"])
 @pytest.mark.parametrize("iters", [0, 1, 5, 20])
-def test_newton_solve_is_the_same_polynomial(numerics, iters):
-    # newton_solve evaluates V_n @ rhs by repeated squaring; in float64 it must equal the
-    # release-order iteration to rounding, also far from convergence.
+def test_newton_solve_is_the_same_polynomial(numerics, iters, solver):
+    # newton_solve evaluates V_n @ rhs by an eigendecomposition or by repeated squaring; in
+    # float64 both must equal the release-order iteration to rounding, also far from convergence.
     k2 = _landmark_kernels(2, 3, 31, 0.4, 6)
     rhs = torch.randn(2, 3, 31, 5, dtype=torch.float64)
     from soft_d2.ops import newton_solve
     explicit = newton_inverse(k2, iters, numerics) @ rhs
-    fast = newton_solve(k2, rhs, iters, numerics)
+    fast = newton_solve(k2, rhs, iters, numerics, solver=solver)
     assert ((fast - explicit).abs().max() / explicit.abs().max()).item() < 1e-10
+
+
+@pytest.mark.parametrize("solver", ["eigh", "squaring"])
+def test_newton_solve_float32_large_system_close_to_release_order(solver):
+    # Above the float64 size limit the solve runs in float32: it must stay close to the exact
+    # polynomial, at the level of the release's own float32 iteration (both ~1e-6 to 1e-5).
+    k2 = _landmark_kernels(1, 2, 200, 0.6, 7)
+    rhs = torch.randn(1, 2, 200, 8, dtype=torch.float64)
+    from soft_d2.ops import newton_solve
+    exact = newton_inverse(k2, 20, "halving") @ rhs
+    got = newton_solve(k2.float(), rhs.float(), 20, "halving", solver=solver)
+    release32 = newton_inverse(k2.float(), 20, "halving") @ rhs.float()
+    assert got.dtype == torch.float32
+    err = ((got.double() - exact).abs().max() / exact.abs().max()).item()
+    release_err = ((release32.double() - exact).abs().max() / exact.abs().max()).item()
+    assert err < max(10 * release_err, 1e-5), (err, release_err)

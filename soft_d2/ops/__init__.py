@@ -35,7 +35,7 @@ from .gaussian import (
     gaussian_kernel_torch,
     upcast,
 )
-from .newton import NEWTON_NUMERICS, newton_inverse, newton_solve
+from .newton import NEWTON_NUMERICS, NEWTON_SOLVERS, newton_inverse, newton_solve
 from .streamed_torch import (
     STREAM_ELEMENTS,
     gaussian_kernel_matmul_streamed,
@@ -48,6 +48,7 @@ KERNEL_METHODS = ("auto", "compiled", "torch")
 __all__ = [
     "KERNEL_METHODS",
     "NEWTON_NUMERICS",
+    "NEWTON_SOLVERS",
     "STREAM_ELEMENTS",
     "backend_summary",
     "check_kernel_method",

@@ -26,8 +26,6 @@ from .gaussian import batched_matmul, upcast
 NEWTON_NUMERICS = ("regularized", "halving")
 
 _REGULARIZER = 0.01
-# newton_solve iterates systems up to this size in float64 (see there).
-FLOAT64_MAX_LANDMARKS = 128
 _HALVING_THRESHOLD = 1.01
 _MAX_HALVINGS = 10
 
@@ -67,16 +65,20 @@ def _regularized(a: Tensor) -> Tensor:
     return a + (torch.eye(a.shape[-1], device=a.device) * _REGULARIZER).to(a.dtype)
 
 
-def _start(a: Tensor, numerics: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(P, alpha, W0 = P (alpha P)) of the chosen numerics."""
+def _scale(a: Tensor, numerics: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(P, alpha, P (alpha P) where it was formed anyway) of the chosen numerics."""
     if numerics == "regularized":
-        p = _regularized(a)
-        alpha = _initial_scale_regularized(a)
-        return p, alpha, batched_matmul(p, alpha * p)
+        return _regularized(a), _initial_scale_regularized(a), None
     if numerics == "halving":
         alpha, w0 = _halving_start(a)
         return a, alpha, w0
     raise ValueError(f"newton numerics must be one of {NEWTON_NUMERICS}, got {numerics!r}")
+
+
+def _start(a: Tensor, numerics: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(P, alpha, W0 = P (alpha P)) of the chosen numerics."""
+    p, alpha, w0 = _scale(a, numerics)
+    return p, alpha, batched_matmul(p, alpha * p) if w0 is None else w0
 
 
 def newton_schulz_iterate(p: Tensor, v: Tensor, max_iter: int) -> Tensor:
@@ -115,6 +117,30 @@ def newton_solve_forward(a: Tensor, rhs: Tensor, max_iter: int, numerics: str) -
     return alpha * batched_matmul(p, out)
 
 
+def newton_spectral_factors(a: Tensor, max_iter: int, numerics: str) -> tuple[Tensor, Tensor]:
+    """(U, f) with V_n = U diag(f) U^T, from one symmetric eigendecomposition P = U diag(l) U^T.
+
+    V_n is the polynomial alpha P (2I - W_0) ... (2I - W_{n-1}) of P (see newton_solve_forward),
+    so on each eigenvalue l it is f(l) = alpha l (2 - w_0) ... (2 - w_{n-1}) with w_0 = alpha l^2,
+    w_{k+1} = 2 w_k - w_k^2, evaluated in float64. On a CPU, one eigendecomposition costs a few
+    times less than the n - 1 squarings, and backward reuses (U, f).
+    """
+    p, alpha, _ = _scale(a, numerics)
+    eigenvalues, u = torch.linalg.eigh(p)
+    lam = eigenvalues.double()
+    scale = alpha.double().squeeze(-1)  # [B, h, 1]
+    w, f = scale * lam.square(), scale * lam
+    for _ in range(max_iter):
+        f = f * (2 - w)
+        w = (2 - w) * w
+    return u, f.to(u.dtype)
+
+
+def apply_spectral(u: Tensor, f: Tensor, rhs: Tensor) -> Tensor:
+    """U diag(f) U^T rhs."""
+    return batched_matmul(u, f.unsqueeze(-1) * batched_matmul(u.transpose(-1, -2), rhs))
+
+
 class _NewtonInverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, max_iter: int, numerics: str) -> Tensor:
@@ -148,38 +174,60 @@ def newton_inverse(a: Tensor, max_iter: int = 20, numerics: str = "regularized")
         return _NewtonInverse.apply(upcast(a)[0], int(max_iter), numerics)
 
 
+NEWTON_SOLVERS = ("auto", "eigh", "squaring")
+
+
 class _NewtonSolve(torch.autograd.Function):
+    """out = V_n rhs. Backward: V_n is symmetric (a polynomial in symmetric P), so d rhs = V_n g,
+    and by the closed form of an inverse dP = -V^T g rhs^T V^T = -(V_n g) out^T."""
+
     @staticmethod
-    def forward(ctx, a: Tensor, rhs: Tensor, max_iter: int, numerics: str) -> Tensor:
-        out = newton_solve_forward(a, rhs, max_iter, numerics)
-        ctx.save_for_backward(a, out)
-        ctx.settings = (max_iter, numerics)
+    def forward(ctx, a: Tensor, rhs: Tensor, max_iter: int, numerics: str, solver: str) -> Tensor:
+        ctx.solver = solver
+        if solver == "eigh":
+            u, f = newton_spectral_factors(a, max_iter, numerics)
+            out = apply_spectral(u, f, rhs)
+            ctx.save_for_backward(u, f, out)
+        else:  # squaring: V_n g is recomputed in backward rather than V or the W_k kept
+            out = newton_solve_forward(a, rhs, max_iter, numerics)
+            ctx.save_for_backward(a, out)
+            ctx.settings = (max_iter, numerics)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        # out = V rhs with V symmetric (a polynomial in symmetric P): d rhs = V g and, by the
-        # closed form of an inverse, dP = -V^T g rhs^T V^T = -(V g) out^T. V g is recomputed
-        # (one more chain of squarings) instead of keeping V or the W_k in memory.
-        a, out = ctx.saved_tensors
-        grad_rhs = newton_solve_forward(a, grad, *ctx.settings)
+        if ctx.solver == "eigh":
+            u, f, out = ctx.saved_tensors
+            grad_rhs = apply_spectral(u, f, grad)
+        else:
+            a, out = ctx.saved_tensors
+            grad_rhs = newton_solve_forward(a, grad, *ctx.settings)
         grad_a = -batched_matmul(grad_rhs, out.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
-        return grad_a, grad_rhs, None, None
+        return grad_a, grad_rhs, None, None, None
 
 
-def newton_solve(a: Tensor, rhs: Tensor, max_iter: int = 20, numerics: str = "regularized") -> Tensor:
+def newton_solve(a: Tensor, rhs: Tensor, max_iter: int = 20, numerics: str = "regularized",
+                 solver: str = "auto") -> Tensor:
     """newton_inverse(a) @ rhs without forming the inverse: [B, h, m, m], [B, h, m, e] -> [B, h, m, e].
 
-    The cheap form used by the model; same function as the released iteration (see
-    newton_solve_forward), closed-form gradients, float32 (float64 stays float64) under autocast.
+    The form the model uses: the same polynomial of P as the released iteration, evaluated by a
+    symmetric eigendecomposition (``solver="eigh"``, the CPU default: cheapest there) or by
+    repeated squaring (``"squaring"``, the GPU default: batched GEMMs), in float64. Closed-form
+    gradients; returns float32 (float64 for float64 inputs), also under autocast.
     """
     _check(a, numerics, max_iter)
+    if solver not in NEWTON_SOLVERS:
+        raise ValueError(f"newton solver must be one of {NEWTON_SOLVERS}, got {solver!r}")
     if rhs.shape[:-1] != a.shape[:-1]:
         raise ValueError(f"newton_solve: rhs {tuple(rhs.shape)} does not match the matrices {tuple(a.shape)}")
+    if solver == "auto":
+        solver = "squaring" if a.is_cuda else "eigh"
     with torch.autocast(a.device.type, enabled=False):
         dtype = torch.promote_types(upcast(a)[0].dtype, upcast(rhs)[0].dtype)
-        # Small systems iterate in float64: negligible cost, and the unconverged iteration then
-        # no longer amplifies its own float32 rounding (which BLAS varies with the batch size).
-        inner = torch.float64 if a.shape[-1] <= FLOAT64_MAX_LANDMARKS else dtype
-        out = _NewtonSolve.apply(a.to(inner), rhs.to(inner), int(max_iter), numerics)
+        # Solved in float64 (m x m work, small next to the N x m products): the unconverged
+        # iteration amplifies rounding, so float32 evaluations of this polynomial other than the
+        # release's own order land ~1e-5 from it; in float64 we hit the exact polynomial, which
+        # is as close to the release's float32 result as that is to itself (~1e-6), and rounding
+        # no longer varies with the batch size.
+        out = _NewtonSolve.apply(a.double(), rhs.double(), int(max_iter), numerics, solver)
         return out.to(dtype)
