@@ -63,6 +63,7 @@ def run_case(spec: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)  # the same weights and input in every case: the error column compares them
     net, fwd = build(spec["model"], spec["bound"])
     x = torch.randn(1, 3, *spec["size"])
     with torch.no_grad():
