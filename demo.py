@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Draw a config's predictions on images (Detectron2's usual demo interface).
+
+    python demo.py --config-file configs/quickstart/mask_rcnn_soft_norm_tiny_shapes.yaml \
+        --input img1.jpg "dir/*.png" --output out/ --opts MODEL.WEIGHTS output/quickstart_mask_rcnn/model_final.pth
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from PIL import Image
+
+from soft_d2.detection import SoftDetectionCheckpointer, add_soft_config
+from soft_d2.detection.visualize import Predictor, draw_predictions
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="SOFT detectors: draw predictions on images")
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", nargs="+", required=True, help="image files or glob patterns")
+    parser.add_argument("--output", help="output file (one input) or folder; default: show nothing, print counts")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_soft_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    paths = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        paths += matches
+    return paths
+
+
+def main(argv=None) -> list[str]:
+    args = get_parser().parse_args(argv)
+    cfg = setup_cfg(args)
+    model = build_model(cfg)
+    SoftDetectionCheckpointer(model, use_ema=cfg.MODEL.SOFT.USE_EMA).load(cfg.MODEL.WEIGHTS)
+    name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
+    metadata = MetadataCatalog.get(name)
+    predictor = Predictor(cfg, model)
+    inputs = expand_inputs(args.input)
+    written = []
+    for path in inputs:
+        picture = draw_predictions(predictor, path, metadata, args.confidence_threshold)
+        if args.output:
+            single_file = len(inputs) == 1 and os.path.splitext(args.output)[1] != ""
+            out = args.output if single_file else os.path.join(args.output, os.path.basename(path))
+            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+            Image.fromarray(picture).save(out)
+            written.append(out)
+            print(f"{path}: predictions drawn to {out}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

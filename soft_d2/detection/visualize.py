@@ -1,0 +1,92 @@
+"""Pictures of predictions: used after the quickstart's evaluation and by demo.py.
+
+Drawn with PIL: Detectron2's Visualizer needs OpenCV, which this project does not depend on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from PIL import Image, ImageDraw
+
+
+class Predictor:
+    """Image file -> Instances in the image's own coordinates (the config's test-time resize)."""
+
+    def __init__(self, cfg, model: torch.nn.Module):
+        self.model = model
+        self.format = cfg.INPUT.FORMAT
+        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray):
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
+        finally:
+            self.model.train(was_training)
+
+
+def draw_predictions(predictor: Predictor, path: str, metadata, threshold: float) -> np.ndarray:
+    """RGB picture of one image file with its predictions above ``threshold``."""
+    image = read_image(path, format=predictor.format)
+    instances = predictor(image)
+    instances = instances[instances.scores >= threshold]
+    rgb = image[:, :, ::-1] if predictor.format == "BGR" else image
+    return draw_instances(rgb, instances, list(getattr(metadata, "thing_classes", [])))
+
+
+_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+
+
+def draw_instances(rgb: np.ndarray, instances, class_names: list[str]) -> np.ndarray:
+    """Masks blended at 50%, boxes and "class score" labels, one colour per instance."""
+    picture = rgb.astype(np.float32).copy()
+    masks = instances.pred_masks.numpy() if instances.has("pred_masks") else [None] * len(instances)
+    colours = [_PALETTE[i % len(_PALETTE)] for i in range(len(instances))]
+    for mask, colour in zip(masks, colours):
+        if mask is not None:
+            picture[mask] = 0.5 * picture[mask] + 0.5 * np.array(colour, dtype=np.float32)
+    image = Image.fromarray(picture.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
+    for box, cls, score, colour in zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist(), colours):
+        draw.rectangle(box, outline=colour, width=2)
+        name = class_names[cls] if cls < len(class_names) else str(cls)
+        label = f"{name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((box[0], box[1]), label)
+        y = max(0, box[1] - (bottom - top) - 2)
+        draw.rectangle((box[0], y, box[0] + right - left + 2, y + bottom - top + 2), fill=colour)
+        draw.text((box[0] + 1, y), label, fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def tile(pictures: list[np.ndarray], columns: int = 4) -> Image.Image:
+    """Pictures in a grid (rows of ``columns``), on a black canvas."""
+    rows = [pictures[i:i + columns] for i in range(0, len(pictures), columns)]
+    cell_h = max(p.shape[0] for p in pictures)
+    cell_w = max(p.shape[1] for p in pictures)
+    canvas = Image.new("RGB", (cell_w * min(columns, len(pictures)), cell_h * len(rows)))
+    for r, row in enumerate(rows):
+        for c, picture in enumerate(row):
+            canvas.paste(Image.fromarray(picture), (c * cell_w, r * cell_h))
+    return canvas
+
+
+def save_dataset_predictions(cfg, model, dataset_name: str, num_images: int, out_path: str) -> str:
+    """Draw predictions on the first ``num_images`` images of a registered data set into one picture."""
+    from detectron2.data import DatasetCatalog
+
+    records = DatasetCatalog.get(dataset_name)[:num_images]
+    predictor = Predictor(cfg, model)
+    metadata = MetadataCatalog.get(dataset_name)
+    pictures = [draw_predictions(predictor, r["file_name"], metadata, cfg.TEST.VIS_THRESHOLD) for r in records]
+    tile(pictures).save(out_path)
+    return out_path

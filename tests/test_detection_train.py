@@ -1,0 +1,158 @@
+"""train_net.py end to end on small built-in splits: quickstart train+evaluate+picture, --resume,
+--eval-only, a 2-process GLOO run, AMP, the optimizer's groups and demo.py."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.engine import HookBase
+
+import train_net
+from detection_helpers import QUICKSTART_RCNN, QUICKSTART_RETINANET, ROOT, load_cfg, make_small_builtin, \
+    quick_train_opts
+from soft_d2.detection.solver import build_param_groups
+
+
+@pytest.fixture()
+def small_data(tmp_path, monkeypatch):
+    root = str(tmp_path / "datasets")
+    make_small_builtin(root, train_images=8, val_images=4)
+    monkeypatch.setenv("DETECTRON2_DATASETS", root)
+    return root
+
+
+def run_main(config: str, opts: list[str], *flags: str):
+    args = train_net.parse_args(["--config-file", config, *flags, *opts])
+    return train_net.main(args)
+
+
+@pytest.mark.parametrize("config", [QUICKSTART_RCNN, QUICKSTART_RETINANET], ids=["mask_rcnn", "retinanet"])
+def test_quickstart_trains_evaluates_and_reproduces_with_eval_only(config, small_data, tmp_path):
+    out = str(tmp_path / "run")
+    results = run_main(config, quick_train_opts(out, max_iter=3))
+    ap50 = results["bbox"]["AP50"]  # NaN when a 3-step model has no detection above threshold yet
+    assert isinstance(ap50, float) and (math.isnan(ap50) or 0.0 <= ap50 <= 100.0)
+    assert ("segm" in results) == ("mask_rcnn" in config)
+    for name in ("model_final.pth", "last_checkpoint", "predictions.jpg", "results.json", "metrics.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    # --eval-only from the saved checkpoint reproduces the numbers of the run that saved it.
+    again = run_main(config, quick_train_opts(str(tmp_path / "eval"), max_iter=3) +
+                     ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], "--eval-only")
+    for task in results:
+        for metric, value in results[task].items():
+            assert again[task][metric] == pytest.approx(value, abs=1e-6, nan_ok=True), (task, metric)
+
+
+class RecordLR(HookBase):
+    def __init__(self):
+        self.seen = {}
+
+    def after_step(self):
+        self.seen[self.trainer.iter] = [g["lr"] for g in self.trainer.optimizer.param_groups]
+
+
+def train_recording(cfg, resume: bool) -> tuple[RecordLR, "train_net.Trainer"]:
+    trainer = train_net.Trainer(cfg)
+    recorder = RecordLR()
+    trainer.register_hooks([recorder])
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    return recorder, trainer
+
+
+def test_resume_continues_from_saved_iteration_with_same_lr(small_data, tmp_path):
+    out = str(tmp_path / "run")
+    opts = quick_train_opts(out, max_iter=6) + ["SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "0",
+                                                "SOLVER.BACKBONE_MULTIPLIER", "0.5"]
+    cfg = load_cfg(QUICKSTART_RCNN, opts)
+    cfg.freeze()
+    full, _ = train_recording(cfg, resume=False)
+    assert os.path.exists(os.path.join(out, "model_0000002.pth"))
+    # Pretend the run died after iteration 2: the last checkpoint is the one written then.
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000002.pth")
+    resumed, trainer = train_recording(cfg, resume=True)
+    assert trainer.start_iter == 3
+    assert sorted(resumed.seen) == [3, 4, 5]
+    for it in (3, 4, 5):  # warm-up is still running, so the lr differs at every iteration
+        assert resumed.seen[it] == pytest.approx(full.seen[it])
+    assert full.seen[3] != pytest.approx(full.seen[4])
+    # --resume through the command line picks up the final checkpoint and has nothing left to do.
+    run_main(QUICKSTART_RCNN, opts, "--resume")
+
+
+def test_two_process_gloo_run(small_data, tmp_path):
+    out = str(tmp_path / "ddp")
+    env = {**os.environ, "DETECTRON2_DATASETS": small_data, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2", "--config-file", QUICKSTART_RCNN,
+           *quick_train_opts(out, max_iter=2, batch=2), "TEST.VIS_IMAGES", "0", "MODEL.SOFT.STEM_NORM", "SyncBN"]
+    proc = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert os.path.exists(os.path.join(out, "model_final.pth"))
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert "bbox" in results and "segm" in results
+    assert "World size: 2" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_amp_step(precision, small_data, tmp_path):
+    cfg = load_cfg(QUICKSTART_RETINANET, quick_train_opts(str(tmp_path / precision), max_iter=1) +
+                   ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", precision])
+    cfg.freeze()
+    trainer = train_net.Trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert type(trainer._trainer).__name__ == "MixedPrecisionTrainer"
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) > 0.9 * len(before)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_param_groups():
+    cfg = load_cfg(QUICKSTART_RCNN, ["SOLVER.BACKBONE_MULTIPLIER", "0.1", "SOLVER.BASE_LR", "0.001"])
+    model = train_net.Trainer.build_model(cfg)
+    groups = build_param_groups(cfg, model)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert len(by_name) == sum(1 for p in model.parameters() if p.requires_grad)
+    soft = "backbone.bottom_up.model."
+    assert by_name[soft + "stages.0.pos_embed"]["weight_decay"] == 0.0
+    assert by_name[soft + "stages.3.cls_token"]["weight_decay"] == 0.0
+    assert by_name[soft + "stages.0.blocks.0.norm1.weight"]["weight_decay"] == 0.0
+    assert by_name[soft + "stages.0.downsample.conv1.bn.weight"]["weight_decay"] == 0.0
+    assert by_name[soft + "stages.0.blocks.0.attn.q.weight"]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY
+    assert by_name[soft + "stages.0.blocks.0.attn.q.weight"]["lr"] == pytest.approx(1e-4)
+    assert by_name["backbone.fpn_lateral2.weight"]["lr"] == pytest.approx(1e-3)
+    assert by_name["roi_heads.box_predictor.cls_score.weight"]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY
+    optimizer = train_net.Trainer.build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+
+
+def test_full_model_gradient_clipping():
+    cfg = load_cfg(QUICKSTART_RCNN)
+    assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+    model = torch.nn.Linear(4, 4)
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.5
+    from soft_d2.detection.solver import build_optimizer
+    optimizer = build_optimizer(cfg, model)
+    model(torch.randn(8, 4)).pow(2).sum().mul(1000).backward()
+    optimizer.step()
+    total = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert total == pytest.approx(0.5, rel=1e-4)
+
+
+def test_demo_draws_predictions(small_data, tmp_path):
+    import demo
+
+    out = str(tmp_path / "run")
+    run_main(QUICKSTART_RCNN, quick_train_opts(out, max_iter=1) + ["TEST.VIS_IMAGES", "0"])
+    images = os.path.join(small_data, "soft_shapes_v1", "val", "*.jpg")
+    written = demo.main(["--config-file", QUICKSTART_RCNN, "--input", images, "--output", str(tmp_path / "demo"),
+                         "--confidence-threshold", "0.0", "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+                         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128"])
+    assert len(written) == 4 and all(os.path.getsize(p) > 0 for p in written)

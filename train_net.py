@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Train and evaluate SOFT detectors (RetinaNet, Mask R-CNN) with Detectron2.
+
+    python train_net.py --config-file configs/quickstart/mask_rcnn_soft_norm_tiny_shapes.yaml
+    python train_net.py --config-file configs/COCO-Detection/retinanet_soft_tiny_norm_fpn_1x.yaml --num-gpus 8
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file CONFIG --resume          # continue from OUTPUT_DIR/last_checkpoint
+
+Without a GPU, MODEL.DEVICE falls back to the CPU and --num-gpus N starts N processes (GLOO).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import weakref
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser, default_setup, \
+    launch
+from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from soft_d2.detection import SoftDatasetMapper, SoftDetectionCheckpointer, add_soft_config, prepare_dataset
+from soft_d2.detection.amp import MixedPrecisionTrainer, autocast_dtype
+from soft_d2.detection.solver import build_optimizer
+from soft_d2.detection.visualize import save_dataset_predictions
+
+logger = logging.getLogger("soft_d2.train_net")
+
+
+def wrap_distributed(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """DDP over all processes; CPU modules take no device_ids (Detectron2's helper always passes one).
+    Every parameter is used in each step, so find_unused_parameters stays off."""
+    if comm.get_world_size() == 1:
+        return model
+    device_ids = [comm.get_local_rank()] if torch.device(device).type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with AdamW parameter groups, AMP on any device, CPU DDP, SOFT checkpoints
+    (released ImageNet weights through MODEL.WEIGHTS) and atomic checkpoint writes."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_distributed(model, cfg.MODEL.DEVICE)
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = MixedPrecisionTrainer(model, data_loader, optimizer,
+                                                  autocast_dtype(cfg.SOLVER.AMP.PRECISION), cfg.MODEL.DEVICE)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SoftDetectionCheckpointer(model, cfg.OUTPUT_DIR, use_ema=cfg.MODEL.SOFT.USE_EMA,
+                                                      trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=SoftDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=SoftDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        prepare_dataset(dataset_name)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder)
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_soft_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"  # a laptop without CUDA: same config, CPU run
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="soft_d2")
+    return cfg
+
+
+def prepare_all(cfg) -> None:
+    """Generate built-in data (once, by the main process) and check that every data set exists."""
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    if comm.is_main_process():
+        for name in names:
+            prepare_dataset(name)
+    comm.synchronize()
+    for name in names:
+        prepare_dataset(name)
+
+
+def save_results(cfg, results) -> None:
+    if not comm.is_main_process() or not results:
+        return
+    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+def save_picture(cfg, model) -> None:
+    if cfg.TEST.VIS_IMAGES > 0 and comm.is_main_process() and len(cfg.DATASETS.TEST):
+        model = model.module if isinstance(model, DistributedDataParallel) else model
+        path = save_dataset_predictions(cfg, model, cfg.DATASETS.TEST[0], cfg.TEST.VIS_IMAGES,
+                                        os.path.join(cfg.OUTPUT_DIR, "predictions.jpg"))
+        logger.info(f"Predictions on {cfg.TEST.VIS_IMAGES} images of {cfg.DATASETS.TEST[0]} drawn to {path}")
+
+
+def main(args):
+    cfg = setup(args)
+    if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
+        # Processes share the machine's cores; oversubscribing them slows every process down.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+    prepare_all(cfg)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        SoftDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, use_ema=cfg.MODEL.SOFT.USE_EMA).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        save_results(cfg, results)
+        save_picture(cfg, model)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    results = results if results is not None else getattr(trainer, "_last_eval_results", None)
+    save_results(cfg, results)
+    save_picture(cfg, trainer.model)
+    return results
+
+
+def parse_args(argv=None):
+    return default_argument_parser().parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
