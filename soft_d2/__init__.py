@@ -1,6 +1,7 @@
 """soft-d2: SOFT and SOFT-Norm backbones (Tiny to Huge) for timm and Detectron2.
 
-``import soft_d2`` registers the ten variants with timm (``timm.create_model("soft_norm_tiny")``).
+``import soft_d2`` registers the ten variants with timm (``timm.create_model("soft_norm_tiny")``)
+and, where detectron2 is installed, the SOFT backbones and built-in data sets with Detectron2.
 """
 __version__ = "0.1.0"
 
@@ -11,6 +12,14 @@ from .model import (
     load_checkpoint,
     VARIANTS,
 )
+
+try:  # Detectron2 is optional; with it, the backbones and built-in data sets register themselves
+    import detectron2  # noqa: F401
+except ImportError:
+    pass
+else:
+    from . import detection
+    from .detection import add_soft_config
 
 __all__ = [
     "ops",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
+from ..model import DETECTION_MAX_LANDMARKS
+
 # MODEL.SOFT key -> SoftVisionTransformer constructor argument. Empty values ("" / []) keep the
 # variant's own setting, so a config only spells out what it changes.
 _CONSTRUCTOR_KEYS = {
@@ -21,6 +23,7 @@ _CONSTRUCTOR_KEYS = {
     "EMBED_DIMS": "embed_dims",
     "NUM_HEADS": "num_heads",
     "DEPTHS": "depths",
+    "MAX_LANDMARKS": "max_landmarks",
 }
 
 
@@ -36,6 +39,7 @@ def add_soft_config(cfg: CN) -> CN:
     s.NEWTON_MAX_ITER = 20              # Newton-Schulz steps of the inverse (20 in every release)
     s.NEWTON_NUMERICS = ""              # "regularized" (plain) / "halving" (Norm); "" = variant's
     s.KERNEL_METHOD = "auto"            # Gaussian kernel: "auto" | "compiled" | "torch"
+    s.MAX_LANDMARKS = DETECTION_MAX_LANDMARKS  # landmark bound per SOFT block at large inputs; 0 = unbounded (release)
     s.SR_RATIOS = []                    # landmark strides per stage, [] = variant's (8, 4, 2, 1); changes landmark conv shapes
     s.EMBED_DIMS = []                   # channels per stage, [] = variant's (a custom width drops pretrained weights)
     s.NUM_HEADS = []                    # heads per stage, [] = variant's
@@ -66,4 +70,6 @@ def soft_model_kwargs(cfg: CN) -> dict:
         if value == "" or (isinstance(value, (list, tuple)) and len(value) == 0):
             continue
         kwargs[arg] = tuple(value) if isinstance(value, (list, tuple)) else value
+    if kwargs.get("max_landmarks") == 0:
+        kwargs["max_landmarks"] = None  # 0: the release's unbounded landmark count
     return kwargs

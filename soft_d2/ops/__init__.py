@@ -145,7 +145,7 @@ def nystrom_attention(
     maps the [..., m, e] landmark summary to [..., m, e] (the approximate inverse of G(L, L),
     with SOFT-Norm's scaling). Above ``STREAM_ELEMENTS`` elements of G (or with ``tile_rows``)
     both paths make two streamed passes (G is recomputed, never stored); below it G(q, L) is
-    formed once (compiled kernel or the dense torch formula) and used for both products.
+    formed once by the dense torch formula and used for both products.
     """
     impl = _prepare("nystrom_attention", kernel_method, check_finite, q, landmarks, ("v", v, "a"))
     with torch.autocast(q.device.type, enabled=False):
@@ -156,15 +156,10 @@ def nystrom_attention(
         if streamed:
             summary = gaussian_kernel_t_matmul_streamed(q, landmarks, v, tile_rows)
             return gaussian_kernel_matmul_streamed(q, landmarks, middle(summary), tile_rows)
-        # Small G (at most STREAM_ELEMENTS): forming it once beats recomputing it per product.
-        k1 = gaussian_kernel_compiled(q, landmarks) if impl == "compiled" else gaussian_kernel_torch(q, landmarks)
-        # The summary is a reduction over all N rows. BLAS libraries split long reductions over
-        # threads depending on how many matrices are in the batch, and the unconverged Newton
-        # inverse amplifies the resulting rounding changes into outputs that depend on the
-        # batch size; accumulated in float64 the rounded result no longer depends on the split.
-        v = upcast(v)[0]
-        wide = torch.promote_types(k1.dtype, torch.float64)
-        summary = batched_matmul(k1.transpose(-1, -2).to(wide), v.to(wide)).to(k1.dtype)
+        # Small G (at most STREAM_ELEMENTS): formed once, by one GEMM and one exp, for both
+        # products; the compiled op's tiling pays off only where G is too large to keep.
+        k1 = gaussian_kernel_torch(q, landmarks)
+        summary = batched_matmul(k1.transpose(-1, -2), upcast(v)[0])
         return batched_matmul(k1, middle(summary))
 
 
