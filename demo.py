@@ -6,9 +6,13 @@
 """
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import glob
-import os
 
 import torch
 from detectron2.config import get_cfg

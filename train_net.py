@@ -10,9 +10,13 @@ Without a GPU, MODEL.DEVICE falls back to the CPU and --num-gpus N starts N proc
 """
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import json
 import logging
-import os
 import weakref
 
 import torch

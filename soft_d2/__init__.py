@@ -13,14 +13,6 @@ from .model import (
     VARIANTS,
 )
 
-try:  # Detectron2 is optional; with it, the backbones and built-in data sets register themselves
-    import detectron2  # noqa: F401
-except ImportError:
-    pass
-else:
-    from . import detection
-    from .detection import add_soft_config
-
 __all__ = [
     "ops",
     "SoftVisionTransformer",
@@ -28,3 +20,13 @@ __all__ = [
     "load_checkpoint",
     "VARIANTS",
 ]
+
+try:  # Detectron2 is optional; with it, the backbones and built-in data sets register themselves
+    import detectron2  # noqa: F401
+except ImportError:
+    pass
+else:
+    from . import detection  # noqa: F401  (registers backbones and data sets)
+    from .detection import add_soft_config
+
+    __all__ += ["add_soft_config"]

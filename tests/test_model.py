@@ -6,7 +6,6 @@ import timm
 import torch
 
 import soft_d2
-from soft_d2.model import SoftVisionTransformer
 
 from helpers import rel_err, small_model
 

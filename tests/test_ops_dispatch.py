@@ -9,7 +9,7 @@ import torch
 from soft_d2 import ops
 from soft_d2.model.attention import SoftAttention
 from soft_d2.ops import extension
-from soft_d2.ops.gaussian import gaussian_kernel_torch, upcast
+from soft_d2.ops.gaussian import gaussian_kernel_torch
 
 needs_compiled = pytest.mark.skipif(not ops.compiled_available(), reason="compiled extension not built")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .blocks import SoftBlock, SoftmaxBlock
