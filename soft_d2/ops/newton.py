@@ -13,8 +13,9 @@ iteration is part of the model and is reproduced exactly. Two numerics exist:
 
 Then ``max_iter`` steps of V <- 2V - (V P) V. The backward pass is the closed form of an inverse,
 dL/dP = -V^T (dL/dV) V^T, computed once (journal version), not backpropagation through the steps.
-Everything runs in float32 (float64 inputs stay float64), also under autocast: half precision
-overflows here.
+``newton_inverse`` forms V in the release's own order, in float32 (float64 inputs stay float64);
+``newton_solve`` (what the model uses) applies the same polynomial of P to a thin right-hand side,
+in float64. Half precision is never used here, also under autocast: it overflows.
 """
 from __future__ import annotations
 
