@@ -14,13 +14,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import glob
 
-import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from PIL import Image
 
-from soft_d2.detection import SoftDetectionCheckpointer, add_soft_config
+from soft_d2.detection import SoftDetectionCheckpointer
+from soft_d2.detection.config import load_config
 from soft_d2.detection.visualize import Predictor, draw_predictions
 
 
@@ -32,17 +31,6 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
-
-
-def setup_cfg(args):
-    cfg = get_cfg()
-    add_soft_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
@@ -57,7 +45,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 def main(argv=None) -> list[str]:
     args = get_parser().parse_args(argv)
-    cfg = setup_cfg(args)
+    cfg = load_config(args.config_file, args.opts)
     model = build_model(cfg)
     SoftDetectionCheckpointer(model, use_ema=cfg.MODEL.SOFT.USE_EMA).load(cfg.MODEL.WEIGHTS)
     name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"

@@ -20,7 +20,6 @@ import logging
 import weakref
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser, default_setup, \
     launch
@@ -29,7 +28,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from soft_d2.detection import SoftDatasetMapper, SoftDetectionCheckpointer, add_soft_config, prepare_dataset
+from soft_d2.detection import SoftDatasetMapper, SoftDetectionCheckpointer, prepare_dataset
+from soft_d2.detection.config import load_config
 from soft_d2.detection.amp import MixedPrecisionTrainer, autocast_dtype
 from soft_d2.detection.solver import build_optimizer
 from soft_d2.detection.visualize import save_dataset_predictions
@@ -93,13 +93,7 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_soft_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"  # a laptop without CUDA: same config, CPU run
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)  # a laptop without CUDA: same config, CPU run
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="soft_d2")
     return cfg

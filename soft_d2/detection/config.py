@@ -62,6 +62,23 @@ def add_soft_config(cfg: CN) -> CN:
     return cfg
 
 
+def load_config(config_file: str, opts: list) -> CN:
+    """Detectron2's defaults + ours, then the YAML file and KEY VALUE overrides; frozen.
+
+    A config asking for CUDA on a machine without it runs on the CPU instead (same recipe).
+    """
+    import torch
+    from detectron2.config import get_cfg
+
+    cfg = add_soft_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
 def soft_model_kwargs(cfg: CN) -> dict:
     """Constructor overrides for ``create_soft`` from MODEL.SOFT (empty values are left out)."""
     kwargs = {}
