@@ -8,7 +8,7 @@ from detectron2.config import get_cfg
 
 import soft_d2.detection  # noqa: F401  (registers backbones and built-in data sets)
 from soft_d2.detection import add_soft_config
-from soft_d2.detection import shapes
+from soft_d2.data import shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART_RCNN = os.path.join(ROOT, "configs/quickstart/mask_rcnn_soft_norm_tiny_shapes.yaml")

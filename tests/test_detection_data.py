@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from detection_helpers import QUICKSTART_RCNN, load_cfg, make_small_builtin, quick_train_opts
 from soft_d2.detection import ImageReadError, SoftDatasetMapper, check_dataset_files, prepare_dataset
-from soft_d2.detection import shapes
+from soft_d2.data import shapes
 
 
 def test_generation_is_deterministic():

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 
 from detection_helpers import PUBLISHED, SMALL_INPUT, all_parameters_have_grad, load_cfg
 from soft_d2.detection import SoftDatasetMapper
-from soft_d2.detection.shapes import CATEGORIES, generate_image
+from soft_d2.data.shapes import CATEGORIES, generate_image
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from . import shapes
+from ..data import shapes
 
 BUILTIN_PREFIX = "soft_shapes"
 
