@@ -125,3 +125,25 @@ def test_soft_attention_compiled_matches_torch(normalized):
         outs[method] = (out, xx.grad, layer.q.weight.grad)
     for got, want in zip(outs["compiled"], outs["torch"]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_compiled
+def test_small_landmark_kernel_uses_the_dense_formula_on_every_path(monkeypatch):
+    # The m x m landmark kernel is tiny; the compiled tile loop cost ~30x the torch formula there.
+    _, lm, _, _ = _inputs(m=30)
+    calls = []
+    real = ops.gaussian_kernel_compiled
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ops, "gaussian_kernel_compiled", spy)
+    assert torch.equal(ops.gaussian_kernel(lm, lm, "compiled"), gaussian_kernel_torch(lm, lm))
+    assert not calls
+    ops.gaussian_kernel(lm, lm, "compiled", tile_rows=8)  # an explicit tile asks for the compiled op
+    assert calls
+    monkeypatch.setattr("soft_d2.ops.streamed_torch.STREAM_ELEMENTS", 100)
+    calls.clear()
+    torch.testing.assert_close(ops.gaussian_kernel(lm, lm, "compiled"), gaussian_kernel_torch(lm, lm))
+    assert calls, "above STREAM_ELEMENTS the compiled op forms G"

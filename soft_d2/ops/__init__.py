@@ -98,7 +98,10 @@ def gaussian_kernel(
 ) -> Tensor:
     """Dense G(a, b)[i, j] = exp(-||a_i - b_j||^2 / 2) over [..., N, d] inputs, float32 (or float64) out."""
     impl = _prepare("gaussian_kernel", kernel_method, check_finite, a, b)
-    if impl == "compiled":
+    # The model's m x m landmark kernel is tiny: there the compiled op's tile loop (above all its
+    # backward) costs ~30 ms per call against ~1 ms for the torch formula, so compiled is used only
+    # where the tiling can pay off: a given tile size or a G above STREAM_ELEMENTS.
+    if impl == "compiled" and (tile_rows or should_stream(a, b)):
         return gaussian_kernel_compiled(a, b, tile_rows or 0)
     return gaussian_kernel_torch(a, b)
 
