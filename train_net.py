@@ -35,6 +35,7 @@ from soft_d2.detection.amp import MixedPrecisionTrainer, autocast_dtype
 from soft_d2.detection.solver import build_optimizer
 from soft_d2.detection.visualize import save_dataset_predictions
 from soft_d2.segmentation import build_lr_scheduler, build_sem_seg_mapper
+from soft_d2.segmentation.visualize import save_sem_seg_predictions
 
 logger = logging.getLogger("soft_d2.train_net")
 
@@ -141,8 +142,8 @@ def save_results(cfg, results) -> None:
 def save_picture(cfg, model) -> None:
     if cfg.TEST.VIS_IMAGES > 0 and comm.is_main_process() and len(cfg.DATASETS.TEST):
         model = model.module if isinstance(model, DistributedDataParallel) else model
-        path = save_dataset_predictions(cfg, model, cfg.DATASETS.TEST[0], cfg.TEST.VIS_IMAGES,
-                                        os.path.join(cfg.OUTPUT_DIR, "predictions.jpg"))
+        draw = save_sem_seg_predictions if is_semantic(cfg) else save_dataset_predictions
+        path = draw(cfg, model, cfg.DATASETS.TEST[0], cfg.TEST.VIS_IMAGES, os.path.join(cfg.OUTPUT_DIR, "predictions.jpg"))
         logger.info(f"Predictions on {cfg.TEST.VIS_IMAGES} images of {cfg.DATASETS.TEST[0]} drawn to {path}")
 
 
