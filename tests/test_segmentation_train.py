@@ -25,11 +25,11 @@ def run_main(config: str, opts: list[str], *flags: str):
 
 def test_quickstart_trains_and_reports_miou(small_sem_seg, tmp_path):
     out = str(tmp_path / "run")
-    results = run_main(QUICKSTART_UPERNET, quick_seg_opts(out, max_iter=3))
+    results = run_main(QUICKSTART_UPERNET, quick_seg_opts(out, max_iter=3) + ["TEST.VIS_IMAGES", "2"])
     metrics = results["sem_seg"]
     assert 0.0 <= metrics["mIoU"] <= 100.0 and 0.0 < metrics["pACC"] <= 100.0
     assert {f"IoU-{c}" for c in ("background", "circle", "triangle", "square")} <= set(metrics)
-    for name in ("model_final.pth", "results.json", "metrics.json"):
+    for name in ("model_final.pth", "results.json", "metrics.json", "predictions.jpg"):
         assert os.path.exists(os.path.join(out, name)), name
     assert json.load(open(os.path.join(out, "results.json")))["sem_seg"]["mIoU"] == pytest.approx(metrics["mIoU"])
     logged = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
