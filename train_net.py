@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Train and evaluate SOFT detectors (RetinaNet, Mask R-CNN) with Detectron2.
+"""Train and evaluate SOFT detectors (RetinaNet, Mask R-CNN) and segmenters (UperNet) with Detectron2.
 
     python train_net.py --config-file configs/quickstart/mask_rcnn_soft_norm_tiny_shapes.yaml
     python train_net.py --config-file configs/COCO-Detection/retinanet_soft_tiny_norm_fpn_1x.yaml --num-gpus 8
+    python train_net.py --config-file configs/quickstart/upernet_soft_norm_tiny_shapes.yaml
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CONFIG --resume          # continue from OUTPUT_DIR/last_checkpoint
 
@@ -23,7 +24,7 @@ import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser, default_setup, \
     launch
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.evaluation import COCOEvaluator, SemSegEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
@@ -33,6 +34,8 @@ from soft_d2.detection.config import load_config
 from soft_d2.detection.amp import MixedPrecisionTrainer, autocast_dtype
 from soft_d2.detection.solver import build_optimizer
 from soft_d2.detection.visualize import save_dataset_predictions
+from soft_d2.segmentation import build_lr_scheduler, build_sem_seg_mapper
+from soft_d2.segmentation.visualize import save_sem_seg_predictions
 
 logger = logging.getLogger("soft_d2.train_net")
 
@@ -77,19 +80,35 @@ class Trainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)  # Detectron2's, plus WarmupPolyLR
+
+    @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SoftDatasetMapper(cfg, is_train=True))
+        return build_detection_train_loader(cfg, mapper=cls.build_mapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=SoftDatasetMapper(cfg, is_train=False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=cls.build_mapper(cfg, is_train=False))
+
+    @staticmethod
+    def build_mapper(cfg, is_train: bool):
+        if is_semantic(cfg):  # crop / ratio resize / flip / photometric for training, short side for test
+            return build_sem_seg_mapper(cfg, is_train)
+        return SoftDatasetMapper(cfg, is_train=is_train)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         prepare_dataset(dataset_name)
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if is_semantic(cfg):  # mIoU, pixel accuracy
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder)
+
+
+def is_semantic(cfg) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor"
 
 
 def setup(args):
@@ -123,8 +142,8 @@ def save_results(cfg, results) -> None:
 def save_picture(cfg, model) -> None:
     if cfg.TEST.VIS_IMAGES > 0 and comm.is_main_process() and len(cfg.DATASETS.TEST):
         model = model.module if isinstance(model, DistributedDataParallel) else model
-        path = save_dataset_predictions(cfg, model, cfg.DATASETS.TEST[0], cfg.TEST.VIS_IMAGES,
-                                        os.path.join(cfg.OUTPUT_DIR, "predictions.jpg"))
+        draw = save_sem_seg_predictions if is_semantic(cfg) else save_dataset_predictions
+        path = draw(cfg, model, cfg.DATASETS.TEST[0], cfg.TEST.VIS_IMAGES, os.path.join(cfg.OUTPUT_DIR, "predictions.jpg"))
         logger.info(f"Predictions on {cfg.TEST.VIS_IMAGES} images of {cfg.DATASETS.TEST[0]} drawn to {path}")
 
 

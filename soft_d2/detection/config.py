@@ -59,6 +59,9 @@ def add_soft_config(cfg: CN) -> CN:
 
     cfg.TEST.VIS_IMAGES = 0             # after the final evaluation, draw predictions on this many test images
     cfg.TEST.VIS_THRESHOLD = 0.5        # score threshold of the drawn predictions
+
+    from ..segmentation.config import add_segmentation_config  # UperNet keys (semantic segmentation)
+    add_segmentation_config(cfg)
     return cfg
 
 

@@ -26,8 +26,20 @@ def _builtin_split(name: str) -> str | None:
     return split if split in shapes.SPLITS else None
 
 
+# Other tasks' preparers (e.g. soft_d2.segmentation): name -> True when they handled it.
+_EXTRA_PREPARERS: list = []
+
+
+def add_dataset_preparer(preparer) -> None:
+    """Let ``prepare_dataset`` hand names it does not know to ``preparer(name) -> bool``."""
+    if preparer not in _EXTRA_PREPARERS:
+        _EXTRA_PREPARERS.append(preparer)
+
+
 def prepare_dataset(name: str) -> None:
     """Make ``name``'s files exist: generate a built-in split if needed, else check the files are there."""
+    if any(preparer(name) for preparer in _EXTRA_PREPARERS):
+        return
     split = _builtin_split(name)
     if split is not None:
         folder = builtin_folder()
