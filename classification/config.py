@@ -41,7 +41,7 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "sched": ("cosine", str, "learning-rate schedule (timm name)"),
     "min_lr": (1e-5, float, "final learning rate of the cosine"),
     "warmup_lr": (1e-6, float, "learning rate at the start of the warmup"),
-    "warmup_epochs": (5, int, "linear warmup epochs"),
+    "warmup_epochs": (5, float, "linear warmup epochs (may be fractional)"),
     "cooldown_epochs": (10, int, "epochs at min_lr after the cosine (total = epochs + cooldown_epochs)"),
     "epochs": (300, int, "epochs of the cosine schedule"),
     # --- augmentation and regularization
