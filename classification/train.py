@@ -119,6 +119,12 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
         newton_max_iter=cfg.newton_maxiter, kernel_method=KERNEL_METHODS[cfg.kernel_method], **cfg.model_kwargs)
 
 
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # AdamW; timm puts 1-D tensors (norms, biases) and model.no_weight_decay() (position
+    # embeddings, class token) into a group without weight decay.
+    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
+
+
 # --------------------------------------------------------------------------------------- main
 def run_eval(cfg: Config, model, val_set, rank, world_size, device, dtype, channels_last) -> dict:
     report = ckpt.load_weights(model, cfg.eval_checkpoint, use_ema=not cfg.eval_raw_weights)
@@ -161,9 +167,7 @@ def main(cfg: Config) -> dict:
     loader = cls_data.train_loader(cfg, train_set, rank, world_size, pin)
     val_loader = cls_data.eval_loader(cfg, val_set, rank, world_size, pin)
     updates_per_epoch = len(loader) if cfg.max_steps is None else min(len(loader), cfg.max_steps)
-    # AdamW; timm puts 1-D tensors (norms, biases) and model.no_weight_decay() (position
-    # embeddings, class token) into a group without weight decay.
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
+    optimizer = build_optimizer(cfg, model)
     # Per-step schedule (warmup and cosine move every step, not every epoch).
     scheduler, total_epochs = create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,

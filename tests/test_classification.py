@@ -13,16 +13,20 @@ import torch
 
 from classification import checkpoint as ckpt
 from classification.config import ConfigError, OPTIONS, parse_args, resolve
-from classification.train import build_model, main
+from classification.train import build_model, build_optimizer, main
 from classification_helpers import CONFIGS, QUICKSTART, SMALL_MODEL, config, tiny_imagefolder
 from soft_d2.model import CheckpointMismatchError, to_official_state_dict
 from soft_d2.model.checkpoint import read_checkpoint
+from soft_d2.data.shapes_classification import CLASSES
 from soft_d2.ops import compiled_available
 
 # The release's config/SOFT_*.yaml values: size -> (lr, batch) for plain/cuda and for norm.
 RELEASE = {"Tiny": ((1e-3, 128), (1e-3, 128)), "Small": ((1e-3, 128), (1e-3, 128)),
            "Medium": ((3.5e-4, 32), (4e-4, 32)), "Large": ((3.3e-4, 32), (3.3e-4, 32)),
            "Huge": ((2.7e-4, 32), (2.7e-4, 32))}
+
+
+TRAIN_IMAGES, VAL_IMAGES = 4 * len(CLASSES), 2 * len(CLASSES)  # tiny_imagefolder's defaults
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,18 @@ def test_missing_split_folder_is_named(tmp_path):
         main(config(str(tmp_path), str(tmp_path / "out")))
 
 
+def test_no_weight_decay_on_norms_biases_position_embeddings_and_class_token():
+    cfg = resolve(os.path.join(CONFIGS, "SOFT_Tiny_norm.yaml"))
+    model = build_model(cfg, 10)
+    optimizer = build_optimizer(cfg, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert type(optimizer).__name__ == "AdamW" and len(no_decay) + len(decay) == len(names)
+    assert {f"stages.{i}.pos_embed" for i in range(4)} | {"stages.3.cls_token", "norm.weight", "head.bias"} <= no_decay
+    assert all(n.endswith("weight") and "norm" not in n for n in decay) and "head.weight" in decay
+
+
 # ------------------------------------------------------------------------- training and EMA
 FAMILIES = [("soft_tiny", "torch"), ("soft_norm_tiny", "torch"), ("soft_tiny", "cuda")]
 
@@ -81,14 +97,14 @@ def test_one_training_step_per_variant_family(model, kernel, data, tmp_path):
     if kernel == "cuda" and not compiled_available():
         pytest.skip("compiled op not built")
     cfg = config(data, str(tmp_path), model=model, kernel_method=kernel, max_steps=1)
-    before = build_model(cfg, 8).state_dict()
+    before = build_model(cfg, len(CLASSES)).state_dict()
     result = main(cfg)
     state = read_checkpoint(os.path.join(tmp_path, "last.pth"))
     changed = [k for k, v in state["state_dict"].items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert len(changed) > 0.9 * len(before) - 10  # (BN running stats and every weight)
     assert state["epoch"] == 1 and state["num_updates"] == 1 and state["arch"] == model
     assert state["config"]["kernel_method"] == kernel
-    assert result["final"]["val"]["images"] == 16 and os.path.exists(os.path.join(tmp_path, "best.pth"))
+    assert result["final"]["val"]["images"] == VAL_IMAGES and os.path.exists(os.path.join(tmp_path, "best.pth"))
 
 
 def test_resume_continues_exactly(data, tmp_path, monkeypatch):
@@ -126,7 +142,7 @@ def test_ema_is_tracked_saved_and_evaluated(data, tmp_path):
     assert any(not torch.equal(v, state["state_dict_ema"][k]) for k, v in state["state_dict"].items()
                if v.is_floating_point())
     final = result["final"]
-    assert final["val_ema"]["images"] == final["val"]["images"] == 16
+    assert final["val_ema"]["images"] == final["val"]["images"] == VAL_IMAGES
     assert result["best_top1"] == final["val_ema"]["top1"]  # the EMA decides "best", as in the release
     # --eval of the file reproduces the numbers of both weight sets (EMA preferred, raw on request).
     ema_eval = main(config(data, str(tmp_path / "e1"), model_kwargs=SMALL_MODEL, eval=True, eval_checkpoint=last))
@@ -140,7 +156,7 @@ def test_eval_of_a_released_format_checkpoint(data, tmp_path):
     cfg = config(data, str(tmp_path / "e"), model="soft_norm_tiny", eval=True,
                  eval_checkpoint=str(tmp_path / "release.pth"))
     torch.manual_seed(3)
-    model = build_model(cfg, 8)
+    model = build_model(cfg, len(CLASSES))
     weights = to_official_state_dict(model.state_dict())
     torch.save({"state_dict": weights, "state_dict_ema": weights, "epoch": 299,
                 "args": argparse.Namespace(model="soft_norm_tiny")}, tmp_path / "release.pth")
@@ -148,7 +164,7 @@ def test_eval_of_a_released_format_checkpoint(data, tmp_path):
     torch.save({"state_dict": model.state_dict()}, tmp_path / "ours.pth")
     ours = main(config(data, str(tmp_path / "o"), model="soft_norm_tiny", eval=True,
                        eval_checkpoint=str(tmp_path / "ours.pth")))
-    assert got["images"] == 16 and got["top1"] == ours["top1"] and got["loss"] == pytest.approx(ours["loss"])
+    assert got["images"] == VAL_IMAGES and got["top1"] == ours["top1"] and got["loss"] == pytest.approx(ours["loss"])
     with pytest.raises(CheckpointMismatchError, match="does not fit"):
         main(config(data, str(tmp_path / "x"), model="soft_tiny", model_kwargs=SMALL_MODEL, eval=True,
                     eval_checkpoint=str(tmp_path / "release.pth")))
@@ -164,9 +180,10 @@ def test_corrupt_images_are_skipped_named_and_counted(tmp_path, caplog):
         f.truncate(200)
     caplog.set_level(logging.WARNING, logger="classification")
     logging.getLogger("classification").addHandler(caplog.handler)
-    result = main(config(data, str(tmp_path / "out"), model_kwargs=SMALL_MODEL, max_steps=None, batch_size=8))
+    result = main(config(data, str(tmp_path / "out"), model_kwargs=SMALL_MODEL, max_steps=None, batch_size=4,
+                         mixup=0.0, cutmix=0.0))  # 28 images: 7 full batches read every one
     assert result["skipped_images"] == 2 and result["final"]["train"]["skipped_images"] == 2
-    assert result["final"]["train"]["images"] == 32  # batches kept their size
+    assert result["final"]["train"]["images"] == TRAIN_IMAGES  # batches kept their size
     messages = "\n".join(r.getMessage() for r in caplog.records)
     for path in broken:
         assert f"skipped unreadable image {path}" in messages

@@ -16,6 +16,7 @@ import train_net  # noqa: E402
 from classification.train import main  # noqa: E402
 from classification_helpers import ROOT, SMALL_MODEL, config, fast_options, tiny_imagefolder  # noqa: E402
 from detection_helpers import QUICKSTART_RETINANET, load_cfg, make_small_builtin, quick_train_opts  # noqa: E402
+from soft_d2.data.shapes_classification import CLASSES  # noqa: E402
 from soft_d2.detection.checkpoint import find_soft_model  # noqa: E402
 from soft_d2.model.checkpoint import read_checkpoint  # noqa: E402
 
@@ -63,6 +64,6 @@ def test_two_gloo_processes_with_torchrun(tmp_path):
     # Both processes trained (2 steps x 2 images each) and the sharded evaluation covers every
     # validation image exactly once.
     assert records[-1]["train"]["images"] == 8 and records[-1]["num_updates"] == 4
-    assert records[-1]["val"]["images"] == records[-1]["val_ema"]["images"] == 16
+    assert records[-1]["val"]["images"] == records[-1]["val_ema"]["images"] == 2 * len(CLASSES)
     state = read_checkpoint(os.path.join(out, "last.pth"))
     assert not any(k.startswith("module.") for k in state["state_dict"])
