@@ -58,18 +58,19 @@ class RobustImageFolder(ImageFolder):
             try:
                 image, target = self._load(j)
             except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken/truncated files
-                skipped.append(f"{self.samples[j][0]} ({type(err).__name__}: {err})")
+                skipped.append((self.samples[j][0], f"{type(err).__name__}: {err}"))
                 continue
             if self.transform is not None:
                 image = self.transform(image)
             return image, target, tuple(skipped)
-        raise RuntimeError(f"{MAX_SUBSTITUTES} consecutive images could not be read:\n  " + "\n  ".join(skipped))
+        raise RuntimeError(f"{MAX_SUBSTITUTES} consecutive images could not be read:\n  "
+                           + "\n  ".join(f"{path} ({reason})" for path, reason in skipped))
 
 
 def collate(samples):
     images = torch.stack([s[0] for s in samples])
     targets = torch.tensor([s[1] for s in samples], dtype=torch.long)
-    skipped = [path for s in samples for path in s[2]]
+    skipped = [entry for s in samples for entry in s[2]]  # (path, reason) pairs
     return images, targets, skipped
 
 

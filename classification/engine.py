@@ -34,16 +34,21 @@ def _format_time(seconds: float) -> str:
 
 
 class SkipCounter:
-    """Unreadable images met so far: each is warned about by name once, and counted."""
+    """Unreadable images met so far: each file is warned about by name once, and counted once."""
 
     def __init__(self):
-        self.count = 0
+        self.files: set[str] = set()
 
-    def report(self, skipped: list[str]) -> None:
-        for entry in skipped:
-            self.count += 1
-            logger.warning(f"skipped unreadable image {entry}; using the next image instead "
-                           f"({self.count} skipped so far)")
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+    def report(self, skipped: list[tuple[str, str]]) -> None:
+        for path, reason in skipped:
+            if path not in self.files:
+                self.files.add(path)
+                logger.warning(f"skipped unreadable image {path} ({reason}); using the next image instead "
+                               f"({self.count} unreadable so far)")
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, *, epoch: int, total_epochs: int,

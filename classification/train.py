@@ -67,17 +67,19 @@ def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
 def setup_logging(rank: int, output: str | None) -> None:
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.propagate = False
-    for handler in list(logger.handlers):
+    for handler in [h for h in logger.handlers if getattr(h, "_ours", False)]:  # from an earlier main() call
         logger.removeHandler(handler)
         handler.close()
     fmt = logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S")
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)
+    stream._ours = True
     logger.addHandler(stream)
     if output and rank == 0:
         os.makedirs(output, exist_ok=True)
         file_handler = logging.FileHandler(os.path.join(output, "log.txt"))
         file_handler.setFormatter(fmt)
+        file_handler._ours = True
         logger.addHandler(file_handler)
 
 

@@ -41,7 +41,7 @@ def test_pretrained_checkpoint_fine_tunes_in_detectron2(tmp_path, monkeypatch):
     different = [k for k in compared if not torch.equal(backbone[k], ema[k])]
     assert not different, different[:5]
     trainer.train()  # and it fine-tunes from there
-    assert trainer.iter == 1 and os.path.exists(os.path.join(tmp_path, "det_out", "model_final.pth"))
+    assert trainer.iter == cfg.SOLVER.MAX_ITER and os.path.exists(os.path.join(tmp_path, "det_out", "model_final.pth"))
 
 
 def test_two_gloo_processes_with_torchrun(tmp_path):
