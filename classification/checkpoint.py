@@ -1,0 +1,103 @@
+"""Training checkpoints: atomic writes, exact resume, and weights for evaluation.
+
+Format (timm-style, so Detectron2's MODEL.WEIGHTS and the release's tools read it as they read
+the released files): a dict with
+  'state_dict'      the model's weights in our parameter names (no 'module.' prefix),
+  'state_dict_ema'  the EMA weights (when EMA is on; preferred by the loaders),
+  'optimizer', 'scheduler', 'scaler' (their state dicts; scaler None without fp16),
+  'epoch'           epochs completed, 'num_updates' optimizer steps done,
+  'arch', 'config'  the model name and the resolved options (plain types only),
+  'metric', 'best_metric', 'version'.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from soft_d2.model import load_checkpoint as load_model_checkpoint
+from soft_d2.model.checkpoint import read_checkpoint
+
+FORMAT_VERSION = 1
+LAST, BEST = "last.pth", "best.pth"
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save through a temporary file in the same folder, then rename: a crash or a full
+    disk never leaves a truncated file under the real name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp_{os.path.basename(path)}")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the checkpoint from other users
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def training_state(model: nn.Module, ema, optimizer, scheduler, scaler, epoch: int, num_updates: int,
+                   cfg: dict, metric: float | None, best_metric: float | None) -> dict[str, Any]:
+    state = {
+        "version": FORMAT_VERSION,
+        "arch": cfg["model"],
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "num_updates": num_updates,
+        "config": dict(cfg),
+        "metric": metric,
+        "best_metric": best_metric,
+    }
+    if ema is not None:
+        state["state_dict_ema"] = ema.module.state_dict()
+    return state
+
+
+def save(state: dict[str, Any], output: str, is_best: bool) -> str:
+    """Write ``output/last.pth`` (every epoch) and copy it to ``best.pth`` when it is the best."""
+    path = os.path.join(output, LAST)
+    atomic_save(state, path)
+    if is_best:
+        tmp = os.path.join(output, f".tmp_{BEST}")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, os.path.join(output, BEST))
+    return path
+
+
+def resume(path: str, model: nn.Module, ema, optimizer, scheduler, scaler) -> dict[str, Any]:
+    """Restore everything from one of our checkpoints; returns it (epoch, num_updates, best_metric)."""
+    state = read_checkpoint(path)
+    missing = [k for k in ("state_dict", "optimizer", "epoch", "num_updates") if k not in state]
+    if missing:
+        raise ValueError(f"--resume {path!r} is not a training checkpoint of this trainer (it lacks {missing}); "
+                         "to start from released or other weights, evaluate them with --eval or fine-tune them "
+                         "in Detectron2 with MODEL.WEIGHTS")
+    model.load_state_dict(state["state_dict"])
+    if ema is not None:
+        if "state_dict_ema" not in state:
+            raise ValueError(f"--resume {path!r} has no EMA weights but model_ema is on; pass --no-model_ema")
+        ema.module.load_state_dict(state["state_dict_ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return state
+
+
+def load_weights(model: nn.Module, path: str, use_ema: bool = True):
+    """Released or our weights into ``model`` for evaluation (strict: every tensor must fit)."""
+    return load_model_checkpoint(model, path, use_ema=use_ema, strict=True)

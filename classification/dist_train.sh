@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Multi-process training on one machine: classification/dist_train.sh NUM_PROCS [train.py options]
+# (NCCL on GPUs, GLOO on CPUs). Example:
+#   classification/dist_train.sh 8 --data /data/imagenet --config classification/configs/SOFT_Tiny_norm.yaml
+set -euo pipefail
+if [ $# -lt 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]]; then
+  echo "usage: $0 NUM_PROCS [train.py options...]" >&2
+  exit 2
+fi
+NUM_PROC=$1
+shift
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+exec torchrun --standalone --nproc_per_node="$NUM_PROC" "$HERE/train.py" "$@"

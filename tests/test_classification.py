@@ -1,0 +1,202 @@
+"""classification/train.py: configs, one step per variant family, exact resume, EMA, evaluation of
+our and released checkpoints, corrupt images, atomic checkpoints."""
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+
+from classification import checkpoint as ckpt
+from classification.config import ConfigError, OPTIONS, parse_args, resolve
+from classification.train import build_model, build_optimizer, main
+from classification_helpers import CONFIGS, QUICKSTART, SMALL_MODEL, config, tiny_imagefolder
+from soft_d2.model import CheckpointMismatchError, to_official_state_dict
+from soft_d2.model.checkpoint import read_checkpoint
+from soft_d2.data.shapes_classification import CLASSES
+from soft_d2.ops import compiled_available
+
+# The release's config/SOFT_*.yaml values: size -> (lr, batch) for plain/cuda and for norm.
+RELEASE = {"Tiny": ((1e-3, 128), (1e-3, 128)), "Small": ((1e-3, 128), (1e-3, 128)),
+           "Medium": ((3.5e-4, 32), (4e-4, 32)), "Large": ((3.3e-4, 32), (3.3e-4, 32)),
+           "Huge": ((2.7e-4, 32), (2.7e-4, 32))}
+
+
+TRAIN_IMAGES, VAL_IMAGES = 4 * len(CLASSES), 2 * len(CLASSES)  # tiny_imagefolder's defaults
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_imagefolder(str(tmp_path_factory.mktemp("cls_data")))
+
+
+# ------------------------------------------------------------------------------------ configs
+def test_the_15_release_configs_parse_with_their_values():
+    files = sorted(glob.glob(os.path.join(CONFIGS, "SOFT_*.yaml")))
+    assert len(files) == 15
+    for size, ((lr, batch), (norm_lr, norm_batch)) in RELEASE.items():
+        for kind in ("", "_cuda", "_norm"):
+            cfg = resolve(os.path.join(CONFIGS, f"SOFT_{size}{kind}.yaml"))
+            model = f"soft_{'norm_' if kind == '_norm' else ''}{size.lower()}"
+            assert cfg.model == model
+            assert cfg.kernel_method == ("cuda" if kind == "_cuda" else "torch")
+            if kind == "_cuda" and size == "Large":
+                assert cfg.lr == 3.5e-4  # the release's Large cuda config differs from its torch one
+            else:
+                assert (cfg.lr, cfg.batch_size) == ((norm_lr, norm_batch) if kind == "_norm" else (lr, batch))
+            assert (cfg.min_lr, cfg.warmup_epochs, cfg.epochs, cfg.clip_grad, cfg.newton_maxiter) == (5e-5, 10, 300, 1.0, 20)
+    quick = resolve(QUICKSTART)
+    assert quick.model == "soft_norm_tiny" and quick.data == "builtin:shapes"
+
+
+def test_config_spellings_precedence_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text('model: "soft_tiny"\nmin-lr: 2e-5\nbatch-size: 16\n')  # the release's older spelling
+    cfg = parse_args(["--config", str(path), "--batch_size", "8", "--no-model_ema", "--scale", "0.5", "1"])
+    assert (cfg.min_lr, cfg.batch_size, cfg.model_ema, cfg.scale) == (2e-5, 8, False, [0.5, 1.0])
+    assert cfg.lr == OPTIONS["lr"][0]
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown option 'learning_rate'.*Valid options: .*\blr\b"):
+        resolve(str(path))
+    with pytest.raises(ConfigError, match="unknown model 'soft_tinny'; choose one of soft_tiny"):
+        resolve(None, {"model": "soft_tinny"})
+    with pytest.raises(ConfigError, match="kernel_method"):
+        resolve(None, {"kernel_method": "gpu"})
+    with pytest.raises(ConfigError, match="--eval needs --eval_checkpoint"):
+        resolve(None, {"eval": True})
+
+
+def test_missing_split_folder_is_named(tmp_path):
+    os.makedirs(tmp_path / "train" / "a")
+    with pytest.raises(FileNotFoundError, match=r"has no val/ folder"):
+        main(config(str(tmp_path), str(tmp_path / "out")))
+
+
+def test_no_weight_decay_on_norms_biases_position_embeddings_and_class_token():
+    cfg = resolve(os.path.join(CONFIGS, "SOFT_Tiny_norm.yaml"))
+    model = build_model(cfg, 10)
+    optimizer = build_optimizer(cfg, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert type(optimizer).__name__ == "AdamW" and len(no_decay) + len(decay) == len(names)
+    assert {f"stages.{i}.pos_embed" for i in range(4)} | {"stages.3.cls_token", "norm.weight", "head.bias"} <= no_decay
+    assert all(n.endswith("weight") and "norm" not in n for n in decay) and "head.weight" in decay
+
+
+# ------------------------------------------------------------------------- training and EMA
+FAMILIES = [("soft_tiny", "torch"), ("soft_norm_tiny", "torch"), ("soft_tiny", "cuda")]
+
+
+@pytest.mark.parametrize("model,kernel", FAMILIES, ids=["plain", "norm", "compiled"])
+def test_one_training_step_per_variant_family(model, kernel, data, tmp_path):
+    if kernel == "cuda" and not compiled_available():
+        pytest.skip("compiled op not built")
+    cfg = config(data, str(tmp_path), model=model, kernel_method=kernel, max_steps=1)
+    before = build_model(cfg, len(CLASSES)).state_dict()
+    result = main(cfg)
+    state = read_checkpoint(os.path.join(tmp_path, "last.pth"))
+    changed = [k for k, v in state["state_dict"].items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert len(changed) > 0.9 * len(before) - 10  # (BN running stats and every weight)
+    assert state["epoch"] == 1 and state["num_updates"] == 1 and state["arch"] == model
+    assert state["config"]["kernel_method"] == kernel
+    assert result["final"]["val"]["images"] == VAL_IMAGES and os.path.exists(os.path.join(tmp_path, "best.pth"))
+
+
+def test_resume_continues_exactly(data, tmp_path, monkeypatch):
+    """2 epochs straight == 1 epoch, stop, --resume 1 epoch: same weights, EMA, optimizer and LR."""
+    copies = {}
+    real_save = ckpt.save
+
+    def save_and_keep(state, output, is_best):
+        path = real_save(state, output, is_best)
+        copies[state["epoch"]] = shutil.copy(path, os.path.join(output, f"epoch{state['epoch']}.pth"))
+        return path
+
+    monkeypatch.setattr(ckpt, "save", save_and_keep)
+    opts = dict(model_kwargs=SMALL_MODEL, epochs=2, warmup_epochs=1, max_steps=3, drop_path=0.1)
+    straight = main(config(data, str(tmp_path / "a"), **opts))
+    resumed = main(config(data, str(tmp_path / "b"), resume=copies[1], **opts))
+    assert [h["epoch"] for h in resumed["history"]] == [1]
+    a, b = read_checkpoint(copies[2]), read_checkpoint(os.path.join(tmp_path, "b", "last.pth"))
+    for key in ("state_dict", "state_dict_ema"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    assert a["num_updates"] == b["num_updates"] == 6 and b["epoch"] == 2
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    assert straight["history"][1]["train"] == pytest.approx({**resumed["history"][0]["train"],
+                                                             "seconds": straight["history"][1]["train"]["seconds"],
+                                                             "images_per_s": straight["history"][1]["train"]["images_per_s"]})
+    for k, v in a["optimizer"]["state"].items():
+        assert torch.equal(v["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
+
+
+def test_ema_is_tracked_saved_and_evaluated(data, tmp_path):
+    result = main(config(data, str(tmp_path / "run"), model_kwargs=SMALL_MODEL, max_steps=4))
+    last = os.path.join(tmp_path, "run", "last.pth")
+    state = read_checkpoint(last)
+    assert any(not torch.equal(v, state["state_dict_ema"][k]) for k, v in state["state_dict"].items()
+               if v.is_floating_point())
+    final = result["final"]
+    assert final["val_ema"]["images"] == final["val"]["images"] == VAL_IMAGES
+    assert result["best_top1"] == final["val_ema"]["top1"]  # the EMA decides "best", as in the release
+    # --eval of the file reproduces the numbers of both weight sets (EMA preferred, raw on request).
+    ema_eval = main(config(data, str(tmp_path / "e1"), model_kwargs=SMALL_MODEL, eval=True, eval_checkpoint=last))
+    raw_eval = main(config(data, str(tmp_path / "e2"), model_kwargs=SMALL_MODEL, eval=True, eval_checkpoint=last,
+                           eval_raw_weights=True))
+    for got, want in ((ema_eval, final["val_ema"]), (raw_eval, final["val"])):
+        assert got["top1"] == pytest.approx(want["top1"]) and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_eval_of_a_released_format_checkpoint(data, tmp_path):
+    cfg = config(data, str(tmp_path / "e"), model="soft_norm_tiny", eval=True,
+                 eval_checkpoint=str(tmp_path / "release.pth"))
+    torch.manual_seed(3)
+    model = build_model(cfg, len(CLASSES))
+    weights = to_official_state_dict(model.state_dict())
+    torch.save({"state_dict": weights, "state_dict_ema": weights, "epoch": 299,
+                "args": argparse.Namespace(model="soft_norm_tiny")}, tmp_path / "release.pth")
+    got = main(cfg)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "ours.pth")
+    ours = main(config(data, str(tmp_path / "o"), model="soft_norm_tiny", eval=True,
+                       eval_checkpoint=str(tmp_path / "ours.pth")))
+    assert got["images"] == VAL_IMAGES and got["top1"] == ours["top1"] and got["loss"] == pytest.approx(ours["loss"])
+    with pytest.raises(CheckpointMismatchError, match="does not fit"):
+        main(config(data, str(tmp_path / "x"), model="soft_tiny", model_kwargs=SMALL_MODEL, eval=True,
+                    eval_checkpoint=str(tmp_path / "release.pth")))
+
+
+# ------------------------------------------------------------------------------- robustness
+def test_corrupt_images_are_skipped_named_and_counted(tmp_path, caplog):
+    data = tiny_imagefolder(str(tmp_path / "d"))
+    broken = sorted(glob.glob(os.path.join(data, "train", "circle", "*.jpg")))[:2]
+    with open(broken[0], "wb") as f:
+        f.write(b"not an image")
+    with open(broken[1], "r+b") as f:  # truncated JPEG
+        f.truncate(200)
+    logging.getLogger("classification").addHandler(caplog.handler)  # it does not propagate to the root
+    result = main(config(data, str(tmp_path / "out"), model_kwargs=SMALL_MODEL, max_steps=None, batch_size=4,
+                         mixup=0.0, cutmix=0.0))  # 28 images: 7 full batches read every one
+    assert result["skipped_images"] == 2 and result["final"]["train"]["skipped_images"] == 2
+    assert result["final"]["train"]["images"] == TRAIN_IMAGES  # batches kept their size
+    logging.getLogger("classification").removeHandler(caplog.handler)
+    messages = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    for path in broken:
+        assert f"skipped unreadable image {path}" in messages
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    ckpt.atomic_save({"a": torch.ones(2)}, str(tmp_path / "last.pth"))
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_save({"a": torch.zeros(2)}, str(tmp_path / "last.pth"))
+    assert torch.equal(torch.load(tmp_path / "last.pth")["a"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["last.pth"]
