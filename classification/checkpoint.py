@@ -13,38 +13,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
 
 from soft_d2.model import load_checkpoint as load_model_checkpoint
-from soft_d2.model.checkpoint import read_checkpoint
+from soft_d2.model.checkpoint import atomic_write, read_checkpoint
 
 FORMAT_VERSION = 1
 LAST, BEST = "last.pth", "best.pth"
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """torch.save through a temporary file in the same folder, then rename: a crash or a full
-    disk never leaves a truncated file under the real name."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp_{os.path.basename(path)}")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the checkpoint from other users
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save, atomically (temporary file + rename)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def training_state(model: nn.Module, ema, optimizer, scheduler, scaler, epoch: int, num_updates: int,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any
 
 import torch
@@ -17,7 +16,7 @@ from detectron2.utils.file_io import PathManager
 from torch import nn
 
 from ..model import CheckpointMismatchError, SoftVisionTransformer
-from ..model.checkpoint import compare_state_dicts, convert_official_state_dict, is_official_state_dict, \
+from ..model.checkpoint import atomic_write, compare_state_dicts, convert_official_state_dict, is_official_state_dict, \
     read_checkpoint, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
@@ -72,23 +71,6 @@ def backbone_state_dict(model: nn.Module, checkpoint: dict[str, Any], use_ema: b
     return {prefix + k: state[k] for k in report.loaded}
 
 
-def _atomic_write(path: str, write) -> None:
-    """Write via a temporary file in the same folder and rename it over ``path``: a crash or a
-    full disk never leaves a truncated checkpoint under the real name."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 class SoftDetectionCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that also accepts SOFT ImageNet checkpoints and saves atomically."""
 
@@ -113,9 +95,9 @@ class SoftDetectionCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
