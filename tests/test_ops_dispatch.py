@@ -87,7 +87,8 @@ def test_large_torch_path_streams(monkeypatch):
     monkeypatch.setattr(ops, "gaussian_kernel_t_matmul_streamed", spy)
     streamed = ops.nystrom_attention(q, lm, v, mid, "torch")
     assert calls, "above STREAM_ELEMENTS the torch path must stream"
-    torch.testing.assert_close(streamed, dense, rtol=1e-5, atol=1e-6)
+    # float32 sums in another order (tiles, thread count): ~1e-6 apart (1.3e-6 seen with 16 threads)
+    torch.testing.assert_close(streamed, dense, rtol=1e-5, atol=1e-5)
 
 
 @needs_compiled

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the compiled attention op, for a lent H100/H200 (Python 3.12, torch, nvcc; no
-# detectron2 needed): builds soft_d2._C from source with CUDA, runs the op tests on the GPU, then
-# the op benchmark on CUDA with the bandwidth / FLOP floors per shape. Output and logs go to
-# ${OUT:-./gpu_check_out}; the tables are printed last.
+# detectron2 needed): builds soft_d2._C from source with CUDA, runs the op tests on the GPU, the
+# classification training throughput (SOFT-Tiny, 224), then the op benchmark on CUDA with the
+# bandwidth / FLOP floors per shape. Output and logs go to ${OUT:-./gpu_check_out}, each step's
+# file written as it finishes (a run cut short still leaves the steps before).
 #
 #   bash tools/gpu_check.sh            # full check
 #   DRY_RUN=1 bash tools/gpu_check.sh  # CPU-only rehearsal: no CUDA build, CPU benchmark of the small shape
@@ -26,13 +27,25 @@ else
     step "build soft_d2._C with CUDA"
     export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
     rm -f soft_d2/_C*.so
-    FORCE_CUDA=1 SOFT_D2_REQUIRE_EXT=1 MAX_JOBS=${MAX_JOBS:-8} "$PY" setup.py build_ext --inplace \
+    # The lent machines set CXX/CC to a wrapper in /opt/gcc whose builds crash (segfault) on the first
+    # C++ exception, i.e. on any failed input check; the system compiler builds a working extension.
+    [ -x /usr/bin/g++ ] && export CC=/usr/bin/gcc CXX=/usr/bin/g++
+    FORCE_CUDA=1 SOFT_D2_REQUIRE_EXT=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace \
         >"$OUTDIR/build.log" 2>&1 || { tail -40 "$OUTDIR/build.log"; exit 1; }
     # register/shared-memory report of the fused kernels (spills would show here)
     "$CUDA_HOME/bin/cuobjdump" --dump-resource-usage build/temp*/csrc/fused_forward_cuda.o \
         >"$OUTDIR/resource_usage.txt" 2>&1 && grep -E "Function|REG" "$OUTDIR/resource_usage.txt" | head -20
 fi
 "$PY" -c "import soft_d2.ops as o; print(o.backend_summary())" || status=1
+# A failed input check inside the extension must raise, not kill the process (see CC/CXX above).
+"$PY" -c "
+import torch
+from soft_d2 import _C
+try:
+    _C.kernel_matmul_forward(torch.randn(1, 10, 4), torch.randn(1, 6, 4), torch.randn(1, 7, 3), 0)
+except RuntimeError as err:
+    print('extension errors raise RuntimeError:', err)
+" || { echo "the extension crashed on an input check: rebuild it with the system compiler"; status=1; }
 
 step "op tests (GPU tests must run here, not skip)"
 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_ops_cuda.py tests/test_ops_compiled.py \
@@ -41,6 +54,15 @@ grep -qE "[0-9]+ failed|error" "$OUTDIR/tests.txt" && status=1
 if [ "${DRY_RUN:-0}" != 1 ] && grep -q "needs a CUDA GPU" "$OUTDIR/tests.txt"; then
     echo "GPU tests were skipped on a GPU machine"; status=1
 fi
+
+step "classification training throughput (SOFT-Tiny, 224)"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    "$PY" benchmarks/classification_step.py --size 64 --batch 4 --steps 1 >"$OUTDIR/classification.md" || status=1
+else
+    "$PY" benchmarks/classification_step.py --device cuda --batch 128 --steps 10 --precisions bf16 fp32 \
+        >"$OUTDIR/classification.md" || status=1
+fi
+cat "$OUTDIR/classification.md"
 
 step "op benchmark"
 if [ "${DRY_RUN:-0}" = 1 ]; then
