@@ -123,8 +123,11 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     # AdamW; timm puts 1-D tensors (norms, biases) and model.no_weight_decay() (position
-    # embeddings, class token) into a group without weight decay.
-    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
+    # embeddings, class token) into a group without weight decay. Adam(W) runs fused (one kernel for
+    # all tensors): the per-tensor loop took ~20% of a small CPU step.
+    fused = {"fused": True} if cfg.opt.lower() in ("adam", "adamw") else {}
+    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps,
+                               **fused)
 
 
 # --------------------------------------------------------------------------------------- main

