@@ -7,6 +7,7 @@ import torch
 from detectron2.config import get_cfg
 
 import soft_d2.detection  # noqa: F401  (registers backbones and built-in data sets)
+import train_net
 from soft_d2.detection import add_soft_config
 from soft_d2.data import shapes
 
@@ -51,3 +52,8 @@ def make_small_builtin(root: str, train_images: int = 8, val_images: int = 4) ->
 def all_parameters_have_grad(model: torch.nn.Module) -> list[str]:
     """Names of trainable parameters that received no gradient."""
     return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def run_train_net(config: str, opts: list[str], *flags: str):
+    """train_net.main for a config file, command-line flags (--eval-only, --resume ...) and overrides."""
+    return train_net.main(train_net.parse_args(["--config-file", config, *flags, *opts]))

@@ -14,7 +14,7 @@ from detectron2.engine import HookBase
 
 import train_net
 from detection_helpers import QUICKSTART_RCNN, QUICKSTART_RETINANET, ROOT, load_cfg, make_small_builtin, \
-    quick_train_opts
+    quick_train_opts, run_train_net
 from soft_d2.detection.solver import build_param_groups
 
 
@@ -26,22 +26,17 @@ def small_data(tmp_path, monkeypatch):
     return root
 
 
-def run_main(config: str, opts: list[str], *flags: str):
-    args = train_net.parse_args(["--config-file", config, *flags, *opts])
-    return train_net.main(args)
-
-
 @pytest.mark.parametrize("config", [QUICKSTART_RCNN, QUICKSTART_RETINANET], ids=["mask_rcnn", "retinanet"])
 def test_quickstart_trains_evaluates_and_reproduces_with_eval_only(config, small_data, tmp_path):
     out = str(tmp_path / "run")
-    results = run_main(config, quick_train_opts(out, max_iter=3))
+    results = run_train_net(config, quick_train_opts(out, max_iter=3))
     ap50 = results["bbox"]["AP50"]  # NaN when a 3-step model has no detection above threshold yet
     assert isinstance(ap50, float) and (math.isnan(ap50) or 0.0 <= ap50 <= 100.0)
     assert ("segm" in results) == ("mask_rcnn" in config)
     for name in ("model_final.pth", "last_checkpoint", "predictions.jpg", "results.json", "metrics.json"):
         assert os.path.exists(os.path.join(out, name)), name
     # --eval-only from the saved checkpoint reproduces the numbers of the run that saved it.
-    again = run_main(config, quick_train_opts(str(tmp_path / "eval"), max_iter=3) +
+    again = run_train_net(config, quick_train_opts(str(tmp_path / "eval"), max_iter=3) +
                      ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], "--eval-only")
     for task in results:
         for metric, value in results[task].items():
@@ -83,7 +78,7 @@ def test_resume_continues_from_saved_iteration_with_same_lr(small_data, tmp_path
         assert resumed.seen[it] == pytest.approx(full.seen[it])
     assert full.seen[3] != pytest.approx(full.seen[4])
     # --resume through the command line picks up the final checkpoint and has nothing left to do.
-    run_main(QUICKSTART_RCNN, opts, "--resume")
+    run_train_net(QUICKSTART_RCNN, opts, "--resume")
 
 
 def test_two_process_gloo_run(small_data, tmp_path):
@@ -150,7 +145,7 @@ def test_demo_draws_predictions(small_data, tmp_path):
     import demo
 
     out = str(tmp_path / "run")
-    run_main(QUICKSTART_RCNN, quick_train_opts(out, max_iter=1) + ["TEST.VIS_IMAGES", "0"])
+    run_train_net(QUICKSTART_RCNN, quick_train_opts(out, max_iter=1) + ["TEST.VIS_IMAGES", "0"])
     images = os.path.join(small_data, "soft_shapes_v1", "val", "*.jpg")
     written = demo.main(["--config-file", QUICKSTART_RCNN, "--input", images, "--output", str(tmp_path / "demo"),
                          "--confidence-threshold", "0.0", "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),

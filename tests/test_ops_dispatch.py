@@ -73,18 +73,24 @@ def test_small_torch_path_is_the_dense_formula():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_large_torch_path_streams(monkeypatch):
-    q, lm, v, mid = _inputs(n=300, m=20)
-    dense = ops.nystrom_attention(q, lm, v, mid, "torch")
-    monkeypatch.setattr("soft_d2.ops.streamed_torch.STREAM_ELEMENTS", 1000)
+def _count_calls(monkeypatch, name: str) -> list:
+    """Wrap soft_d2.ops.<name> for this test; the returned list grows by one per call."""
     calls = []
-    real = ops.gaussian_kernel_t_matmul_streamed
+    real = getattr(ops, name)
 
     def spy(*args, **kw):
         calls.append(1)
         return real(*args, **kw)
 
-    monkeypatch.setattr(ops, "gaussian_kernel_t_matmul_streamed", spy)
+    monkeypatch.setattr(ops, name, spy)
+    return calls
+
+
+def test_large_torch_path_streams(monkeypatch):
+    q, lm, v, mid = _inputs(n=300, m=20)
+    dense = ops.nystrom_attention(q, lm, v, mid, "torch")
+    monkeypatch.setattr("soft_d2.ops.streamed_torch.STREAM_ELEMENTS", 1000)
+    calls = _count_calls(monkeypatch, "gaussian_kernel_t_matmul_streamed")
     streamed = ops.nystrom_attention(q, lm, v, mid, "torch")
     assert calls, "above STREAM_ELEMENTS the torch path must stream"
     # float32 sums in another order (tiles, thread count): ~1e-6 apart (1.3e-6 seen with 16 threads)
@@ -132,14 +138,7 @@ def test_soft_attention_compiled_matches_torch(normalized):
 def test_small_landmark_kernel_uses_the_dense_formula_on_every_path(monkeypatch):
     # The m x m landmark kernel is tiny; the compiled tile loop cost ~30x the torch formula there.
     _, lm, _, _ = _inputs(m=30)
-    calls = []
-    real = ops.gaussian_kernel_compiled
-
-    def spy(*args, **kw):
-        calls.append(1)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(ops, "gaussian_kernel_compiled", spy)
+    calls = _count_calls(monkeypatch, "gaussian_kernel_compiled")
     assert torch.equal(ops.gaussian_kernel(lm, lm, "compiled"), gaussian_kernel_torch(lm, lm))
     assert not calls
     ops.gaussian_kernel(lm, lm, "compiled", tile_rows=8)  # an explicit tile asks for the compiled op
