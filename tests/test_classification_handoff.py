@@ -29,8 +29,10 @@ def test_pretrained_checkpoint_fine_tunes_in_detectron2(tmp_path, monkeypatch):
     make_small_builtin(str(tmp_path / "det"), train_images=4, val_images=2)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "det"))
 
+    # The quickstart trains a half-width SOFT-Norm from scratch; [] restores soft_norm_tiny's own widths.
     cfg = load_cfg(QUICKSTART_RETINANET, quick_train_opts(str(tmp_path / "det_out"), max_iter=2) +
-                   ["MODEL.WEIGHTS", weights, "TEST.EVAL_PERIOD", "0"])
+                   ["MODEL.WEIGHTS", weights, "TEST.EVAL_PERIOD", "0", "MODEL.SOFT.EMBED_DIMS", "[]",
+                    "MODEL.SOFT.NUM_HEADS", "[]"])
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     _, soft = find_soft_model(trainer.model)

@@ -57,6 +57,11 @@ def add_soft_config(cfg: CN) -> CN:
     # SOLVER.CLIP_GRADIENTS.CLIP_TYPE additionally accepts "full_model": one norm over all parameters.
     cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype when SOLVER.AMP.ENABLED: "float16" | "bfloat16"
 
+    cfg.INPUT.COPY_PASTE = CN()
+    cfg.INPUT.COPY_PASTE.ENABLED = False    # training: paste objects of another training image (polygon masks needed)
+    cfg.INPUT.COPY_PASTE.MAX_OBJECTS = 6    # 1..this many objects of one random source image per training image
+    cfg.INPUT.COPY_PASTE.MIN_VISIBLE = 0.4  # a pasted-over object keeps at least this share of its pixels
+
     cfg.TEST.VIS_IMAGES = 0             # after the final evaluation, draw predictions on this many test images
     cfg.TEST.VIS_THRESHOLD = 0.5        # score threshold of the drawn predictions
 
