@@ -73,7 +73,7 @@ def test_missing_coco_names_folder_and_variable(monkeypatch):
 def test_bad_image_file_is_named(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image at all")
-    cfg = load_cfg(QUICKSTART_RCNN)
+    cfg = load_cfg(QUICKSTART_RCNN, ["INPUT.COPY_PASTE.ENABLED", "False"])  # no source images to load
     mapper = SoftDatasetMapper(cfg, is_train=True)
     with pytest.raises(ImageReadError, match="broken.jpg"):
         mapper({"file_name": str(bad), "height": 10, "width": 10, "image_id": 0, "annotations": []})

@@ -122,7 +122,7 @@ def test_param_groups():
     assert by_name[soft + "stages.0.downsample.conv1.bn.weight"]["weight_decay"] == 0.0
     assert by_name[soft + "stages.0.blocks.0.attn.q.weight"]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY
     assert by_name[soft + "stages.0.blocks.0.attn.q.weight"]["lr"] == pytest.approx(1e-4)
-    assert by_name["backbone.fpn_lateral2.weight"]["lr"] == pytest.approx(1e-3)
+    assert by_name["backbone.fpn_lateral3.weight"]["lr"] == pytest.approx(1e-3)
     assert by_name["roi_heads.box_predictor.cls_score.weight"]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY
     optimizer = train_net.Trainer.build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.AdamW)
