@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import soft_d2.detection  # noqa: F401  (registers the config keys' users)
+import soft_d2.detection  # noqa: F401  (registers the built-in data sets and backbones)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode, polygons_to_bitmask
 from soft_d2.data.shapes import mask_to_polygons
@@ -90,7 +90,7 @@ def test_pasted_and_covered_objects_are_annotated_exactly(sources):
     image, annotations = _target()
     pasted_any = False
     for seed in range(30):
-        rng = np.random.default_rng(seed)
+        rng = np.random.RandomState(seed)
         out_image, out_annotations = paste(image, [dict(a) for a in annotations], rng=rng)
         assert out_image is not image and (image == _target()[0]).all(), "the input image is not modified"
         _check_annotations_match_colours(out_image, out_annotations)
@@ -105,7 +105,7 @@ def test_min_visible_one_forbids_covering(sources):
     paste = CopyPaste(sources, max_objects=3, image_format="RGB", min_visible=1.0)
     image, annotations = _target()
     for seed in range(10):
-        out_image, out_annotations = paste(image, annotations, rng=np.random.default_rng(seed))
+        out_image, out_annotations = paste(image, annotations, rng=np.random.RandomState(seed))
         for a in annotations:  # untouched originals keep their exact polygons
             assert any(o.get("segmentation") == a["segmentation"] for o in out_annotations)
         assert ((out_image == (0, 200, 200)).all(-1) == (image == (0, 200, 200)).all(-1)).all()
@@ -127,7 +127,7 @@ def test_crowd_or_rle_images_are_left_alone(sources):
     paste = CopyPaste(sources, max_objects=3, image_format="RGB")
     image, annotations = _target()
     annotations[0] = {**annotations[0], "iscrowd": 1}
-    out_image, out_annotations = paste(image, annotations, rng=np.random.default_rng(0))
+    out_image, out_annotations = paste(image, annotations, rng=np.random.RandomState(0))
     assert out_image is image and out_annotations is annotations
 
 

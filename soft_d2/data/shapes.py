@@ -95,6 +95,17 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     return polygons
 
 
+def mask_annotation(mask: np.ndarray) -> dict | None:
+    """COCO fields of a binary mask: polygons, XYWH box (pixel edges) and area; None if it has no polygon."""
+    polygons = mask_to_polygons(mask)
+    if not polygons:
+        return None
+    ys, xs = np.nonzero(mask)
+    x0, y0 = float(xs.min()), float(ys.min())
+    return {"bbox": [x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0], "area": float(mask.sum()),
+            "segmentation": polygons}
+
+
 def generate_image(split: str, index: int) -> tuple[Image.Image, list[dict]]:
     """One image and its annotations (category index, bbox, area, polygons), deterministic."""
     rng = np.random.default_rng([VERSION, SPLITS[split][1], index])
@@ -122,13 +133,9 @@ def generate_image(split: str, index: int) -> tuple[Image.Image, list[dict]]:
         objects.append({"full": full, "visible": full.copy(), "category": category})
     annotations = []
     for o in objects:
-        polygons = mask_to_polygons(o["visible"])
-        if not polygons:
-            continue
-        ys, xs = np.nonzero(o["visible"])
-        x0, y0 = float(xs.min()), float(ys.min())
-        annotations.append({"category": o["category"], "bbox": [x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
-                            "area": float(o["visible"].sum()), "segmentation": polygons})
+        annotation = mask_annotation(o["visible"])
+        if annotation is not None:
+            annotations.append({"category": o["category"], **annotation})
     return image, annotations
 
 

@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BoxMode, polygons_to_bitmask
 
-from ..data.shapes import mask_to_polygons
+from ..data.shapes import mask_annotation
 
 
 def _pasteable(annotation: dict) -> bool:
@@ -27,17 +27,6 @@ def _pasteable(annotation: dict) -> bool:
 
 def _mask(annotation: dict, height: int, width: int) -> np.ndarray:
     return polygons_to_bitmask([np.asarray(p, dtype=np.float64) for p in annotation["segmentation"]], height, width)
-
-
-def _annotation_from_mask(template: dict, mask: np.ndarray) -> dict | None:
-    """``template``'s category etc. with polygons, box and area of ``mask``; None if nothing is left."""
-    polygons = mask_to_polygons(mask)
-    if not polygons:
-        return None
-    ys, xs = np.nonzero(mask)
-    box = [float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1]
-    return {**template, "segmentation": polygons, "bbox": box, "bbox_mode": BoxMode.XYXY_ABS,
-            "area": float(mask.sum()), "iscrowd": 0}
 
 
 class CopyPaste:
@@ -71,21 +60,20 @@ class CopyPaste:
 
     def __call__(self, image: np.ndarray, annotations: list[dict], rng=np.random) -> tuple[np.ndarray, list[dict]]:
         """The pasted image (a new array) and its annotations. ``rng``: np.random (what the loader
-        workers seed, as for Detectron2's own augmentations), a RandomState or a Generator."""
+        workers seed, as for Detectron2's own augmentations) or a np.random.RandomState."""
         if any(not _pasteable(a) for a in annotations):
             return image, annotations
-        randint = getattr(rng, "integers", None) or rng.randint
         height, width = image.shape[:2]
-        source = self.sources[randint(len(self.sources))]
+        source = self.sources[rng.randint(len(self.sources))]
         source_image = utils.read_image(source["file_name"], format=self.image_format)
         src_h, src_w = source_image.shape[:2]
-        count = int(randint(1, self.max_objects + 1))
+        count = rng.randint(1, self.max_objects + 1)
         chosen = [source["annotations"][i] for i in rng.permutation(len(source["annotations"]))[:count]]
 
         image = image.copy()
         masks = [_mask(a, height, width) for a in annotations]
         floors = [self.min_visible * m.sum() for m in masks]
-        templates = [dict(a) for a in annotations]
+        templates = list(annotations)
         changed = [False] * len(masks)
         for annotation in chosen:
             mask = _mask(annotation, src_h, src_w)
@@ -96,7 +84,7 @@ class CopyPaste:
             cut = mask[y0:y1, x0:x1]
             if cut.shape[0] > height or cut.shape[1] > width:
                 continue
-            placed = self._place(cut, masks, floors, height, width, randint)
+            placed = self._place(cut, masks, floors, height, width, rng)
             if placed is None:
                 continue
             image[placed] = source_image[y0:y1, x0:x1][cut]
@@ -114,17 +102,17 @@ class CopyPaste:
             if not was_changed:
                 result.append(template)  # untouched: its original polygons, exactly
                 continue
-            updated = _annotation_from_mask(template, mask)
-            if updated is not None:
-                result.append(updated)
+            fields = mask_annotation(mask)  # what stays visible, as the generator annotates it
+            if fields is not None:
+                result.append({**template, **fields, "bbox_mode": BoxMode.XYWH_ABS, "iscrowd": 0})
         return image, result
 
     def _place(self, cut: np.ndarray, masks: list[np.ndarray], floors: list[float], height: int, width: int,
-               randint) -> np.ndarray | None:
+               rng) -> np.ndarray | None:
         """A full-size mask of ``cut`` at a random allowed position, or None after ``tries`` refusals."""
         ch, cw = cut.shape
         for _ in range(self.tries):
-            top, left = int(randint(height - ch + 1)), int(randint(width - cw + 1))
+            top, left = rng.randint(height - ch + 1), rng.randint(width - cw + 1)
             placed = np.zeros((height, width), dtype=bool)
             placed[top:top + ch, left:left + cw] = cut
             if all(self._keeps(m, floor, placed) for m, floor in zip(masks, floors)):
