@@ -138,6 +138,16 @@ def test_box_only_data_is_refused_with_the_key_to_change():
         CopyPaste([], 0, "RGB")
 
 
+def test_semantic_data_is_refused_before_training(sources):
+    with pytest.raises(ValueError, match="sem_seg_file_name"):  # found when the mapper is built
+        CopyPaste([{**sources[0], "sem_seg_file_name": "label.png"}], 3, "RGB")
+    from soft_d2.segmentation import build_sem_seg_mapper
+    cfg = load_config("configs/quickstart/upernet_soft_norm_tiny_shapes.yaml", ["INPUT.COPY_PASTE.ENABLED", "True"])
+    with pytest.raises(ValueError, match="INPUT.COPY_PASTE.ENABLED False"):
+        build_sem_seg_mapper(cfg, is_train=True)
+    assert build_sem_seg_mapper(cfg, is_train=False) is not None  # evaluation is unaffected
+
+
 def test_mapper_pastes_in_training_only(sources, tmp_path):
     name = "copy_paste_test_train"
     target_path = str(tmp_path / "target.png")

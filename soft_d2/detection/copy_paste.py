@@ -41,6 +41,9 @@ class CopyPaste:
         # Keep only what pasting needs: a COCO-sized list of dicts is copied into every loader worker.
         self.sources = []
         for d in sources:
+            if "sem_seg_file_name" in d:
+                raise ValueError(f"INPUT.COPY_PASTE cannot update the semantic label map of {d['file_name']}: "
+                                 "set INPUT.COPY_PASTE.ENABLED False for data sets with sem_seg_file_name")
             annotations = [a for a in d.get("annotations", []) if _pasteable(a)]
             if annotations:
                 self.sources.append({"file_name": d["file_name"], "annotations": annotations})

@@ -44,9 +44,6 @@ class SoftDatasetMapper(DatasetMapper):
 
     def _call_with_copy_paste(self, dataset_dict):
         """DatasetMapper's training path for instance data, with the paste between reading and augmenting."""
-        if "sem_seg_file_name" in dataset_dict:
-            raise ValueError(f"INPUT.COPY_PASTE cannot update the semantic label map of {dataset_dict['file_name']}: "
-                             "set INPUT.COPY_PASTE.ENABLED False for data sets with sem_seg_file_name")
         dataset_dict = copy.deepcopy(dataset_dict)
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)

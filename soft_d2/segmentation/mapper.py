@@ -107,5 +107,8 @@ def build_sem_seg_augmentations(cfg, is_train: bool) -> list[T.Augmentation]:
 
 def build_sem_seg_mapper(cfg, is_train: bool) -> SoftDatasetMapper:
     """Detectron2's DatasetMapper (reads 'sem_seg_file_name' into 'sem_seg') with our augmentations."""
+    if is_train and cfg.INPUT.COPY_PASTE.ENABLED:
+        raise ValueError("INPUT.COPY_PASTE pastes instances and cannot update semantic label maps: "
+                         "set INPUT.COPY_PASTE.ENABLED False for semantic segmentation configs")
     return SoftDatasetMapper(is_train=is_train, augmentations=build_sem_seg_augmentations(cfg, is_train),
                              image_format=cfg.INPUT.FORMAT)
