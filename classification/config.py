@@ -15,7 +15,7 @@ import yaml
 # name: (default, type, help). type is a callable, "bool", "list:<type>" or "json".
 OPTIONS: dict[str, tuple[Any, Any, str]] = {
     # --- data
-    "data": ("", str, "ImageFolder root with train/ and val/, or 'builtin:shapes' (generated on first use)"),
+    "data": ("", str, "ImageFolder root with train/ and val/, or 'builtin:shapes[:<size>]' (generated on first use; <size>: rendered natively at that size)"),
     "num_classes": (None, int, "classes of the head (default: the number of class folders)"),
     "img_size": (224, int, "training and evaluation input size"),
     "crop_pct": (0.875, float, "evaluation centre-crop share"),

@@ -16,16 +16,20 @@ from torchvision.datasets import ImageFolder
 
 logger = logging.getLogger("classification")
 
-BUILTIN = {"builtin:shapes"}
+BUILTIN = "builtin:shapes"  # the 64 px set; "builtin:shapes:<size>" renders it natively at <size> px
 MAX_SUBSTITUTES = 10  # consecutive unreadable files tolerated before giving up on a sample
 
 
 def resolve_data_root(data: str) -> str:
-    """The ImageFolder root: ``builtin:shapes`` generates the built-in set on first use."""
-    if data in BUILTIN:
+    """The ImageFolder root: ``builtin:shapes[:<size>]`` generates the built-in set on first use."""
+    if data == BUILTIN or data.startswith(BUILTIN + ":"):
         from soft_d2.data import shapes_classification
 
-        return shapes_classification.ensure_dataset()
+        size = data[len(BUILTIN) + 1:]
+        if size and not (size.isdigit() and int(size) >= 16):
+            raise ValueError(f"--data {data!r}: the built-in set is 'builtin:shapes' (64 px) or "
+                             f"'builtin:shapes:<size>' with a size of at least 16 pixels, e.g. 'builtin:shapes:160'")
+        return shapes_classification.ensure_dataset(native_size=int(size) if size else None)
     if not data:
         raise FileNotFoundError("no data set given: pass --data DIR (an ImageFolder with train/ and val/) "
                                 "or --data builtin:shapes")

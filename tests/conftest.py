@@ -24,3 +24,11 @@ def reference():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def engine_dispatch(monkeypatch):
+    """Send every Gaussian-kernel product, whatever its size, to the tiled paths (the compiled
+    engine with its own tile size, or the streamed torch path): below STREAM_ELEMENTS dispatch
+    otherwise uses the dense torch formula, and a "compiled" test would compare torch with torch."""
+    monkeypatch.setattr("soft_d2.ops.streamed_torch.STREAM_ELEMENTS", 0)

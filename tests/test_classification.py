@@ -3,6 +3,7 @@ our and released checkpoints, corrupt images, atomic checkpoints."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -15,6 +16,7 @@ from classification import checkpoint as ckpt
 from classification.config import ConfigError, OPTIONS, parse_args, resolve
 from classification.train import build_model, build_optimizer, main
 from classification_helpers import CONFIGS, QUICKSTART, SMALL_MODEL, config, tiny_imagefolder
+from ops_reference import count_compiled_calls
 from soft_d2.model import CheckpointMismatchError, to_official_state_dict
 from soft_d2.model.checkpoint import read_checkpoint
 from soft_d2.data.shapes_classification import CLASSES
@@ -76,6 +78,34 @@ def test_missing_split_folder_is_named(tmp_path):
         main(config(str(tmp_path), str(tmp_path / "out")))
 
 
+def test_native_builtin_set_shows_the_same_scene_at_every_size(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from classification.data import resolve_data_root
+    from soft_d2.data import shapes_classification as cls
+
+    def pixels(image, size=48):
+        return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
+
+    for index in range(3):
+        small, label = cls.generate_image("val", index, 96, native=True)
+        large, label_large = cls.generate_image("val", index, 384, native=True)
+        other, _ = cls.generate_image("val", index + cls.SPLITS["val"][0], 384, native=True)
+        assert label == label_large and small.size == (96, 96) and large.size == (384, 384)
+        same, different = np.abs(pixels(small) - pixels(large)).mean(), np.abs(pixels(small) - pixels(other)).mean()
+        assert same < 0.1 * different, (same, different)  # the same scene up to pixel noise (measured: 3 vs 75)
+    # the 64 px set is drawn as before (its background at its own size, then shrunk)
+    assert not np.array_equal(np.asarray(cls.generate_image("val", 0)[0]),
+                              np.asarray(cls.generate_image("val", 0, 64, native=True)[0]))
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    with pytest.raises(ValueError, match="builtin:shapes:<size>"):
+        resolve_data_root("builtin:shapes:big")
+    folder = cls.ensure_dataset(str(tmp_path), per_class={"val": 1}, native_size=80, splits=("val",))
+    assert folder.endswith("soft_shapes_cls_v1_native80") and not os.path.exists(os.path.join(folder, "train"))
+    assert Image.open(glob.glob(os.path.join(folder, "val", "*", "*.jpg"))[0]).size == (80, 80)
+
+
 def test_no_weight_decay_on_norms_biases_position_embeddings_and_class_token():
     cfg = resolve(os.path.join(CONFIGS, "SOFT_Tiny_norm.yaml"))
     model = build_model(cfg, 10)
@@ -93,12 +123,19 @@ FAMILIES = [("soft_tiny", "torch"), ("soft_norm_tiny", "torch"), ("soft_tiny", "
 
 
 @pytest.mark.parametrize("model,kernel", FAMILIES, ids=["plain", "norm", "compiled"])
-def test_one_training_step_per_variant_family(model, kernel, data, tmp_path):
+def test_one_training_step_per_variant_family(model, kernel, data, tmp_path, monkeypatch):
     if kernel == "cuda" and not compiled_available():
         pytest.skip("compiled op not built")
     cfg = config(data, str(tmp_path), model=model, kernel_method=kernel, max_steps=1)
     before = build_model(cfg, len(CLASSES)).state_dict()
-    result = main(cfg)
+    if kernel == "cuda":  # 32 px is below STREAM_ELEMENTS: send it to the compiled engine anyway
+        monkeypatch.setattr("soft_d2.ops.streamed_torch.STREAM_ELEMENTS", 0)
+    with count_compiled_calls() if compiled_available() else contextlib.nullcontext() as counts:
+        result = main(cfg)
+    if kernel == "cuda":  # "cuda" is the release's name for our compiled op: it ran, forward and backward
+        assert counts["kernel_matmul_forward"] > 0 and counts["kernel_t_matmul_backward"] > 0, counts
+    elif counts is not None:
+        assert not counts, counts
     state = read_checkpoint(os.path.join(tmp_path, "last.pth"))
     changed = [k for k, v in state["state_dict"].items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert len(changed) > 0.9 * len(before) - 10  # (BN running stats and every weight)

@@ -26,21 +26,45 @@ def small_data(tmp_path, monkeypatch):
     return root
 
 
+# Every candidate kept (score threshold 0): a 3-step model's scores are near the focal-loss prior,
+# below the configs' thresholds, and an empty prediction file would compare equal to any other.
+ALL_PREDICTIONS = ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+
+
+def _predictions(output_dir: str) -> list[dict]:
+    """The raw detections COCOEvaluator wrote (boxes, scores, classes, masks) for the val split."""
+    with open(os.path.join(output_dir, "inference", "soft_shapes_val", "coco_instances_results.json")) as f:
+        return json.load(f)
+
+
 @pytest.mark.parametrize("config", [QUICKSTART_RCNN, QUICKSTART_RETINANET], ids=["mask_rcnn", "retinanet"])
 def test_quickstart_trains_evaluates_and_reproduces_with_eval_only(config, small_data, tmp_path):
     out = str(tmp_path / "run")
-    results = run_train_net(config, quick_train_opts(out, max_iter=3))
-    ap50 = results["bbox"]["AP50"]  # NaN when a 3-step model has no detection above threshold yet
-    assert isinstance(ap50, float) and (math.isnan(ap50) or 0.0 <= ap50 <= 100.0)
+    results = run_train_net(config, quick_train_opts(out, max_iter=3) + ALL_PREDICTIONS)
     assert ("segm" in results) == ("mask_rcnn" in config)
+    for task in results:  # (APs/APm/APl are NaN for an area range without objects in the 4 images)
+        assert all(math.isfinite(results[task][k]) and 0.0 <= results[task][k] <= 100.0
+                   for k in ("AP", "AP50", "AP75")), results[task]
     for name in ("model_final.pth", "last_checkpoint", "predictions.jpg", "results.json", "metrics.json"):
         assert os.path.exists(os.path.join(out, name)), name
-    # --eval-only from the saved checkpoint reproduces the numbers of the run that saved it.
-    again = run_train_net(config, quick_train_opts(str(tmp_path / "eval"), max_iter=3) +
-                     ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], "--eval-only")
+    trained = _predictions(out)
+    assert len(trained) >= 4 * 10 and all(math.isfinite(p["score"]) for p in trained)  # 4 val images
+    # --eval-only from the saved checkpoint reproduces the run's raw predictions and numbers.
+    eval_opts = quick_train_opts(str(tmp_path / "eval"), max_iter=3) + ALL_PREDICTIONS
+    again = run_train_net(config, eval_opts + ["MODEL.WEIGHTS", os.path.join(out, "model_final.pth")], "--eval-only")
+    assert _predictions(str(tmp_path / "eval")) == trained
     for task in results:
         for metric, value in results[task].items():
             assert again[task][metric] == pytest.approx(value, abs=1e-6, nan_ok=True), (task, metric)
+    # ... and other weights (one backbone tensor changed) give other predictions: the comparison
+    # above can fail.
+    state = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    name = next(k for k in state["model"] if k.startswith("backbone.bottom_up") and k.endswith("attn.q.weight"))
+    state["model"][name] = state["model"][name] + 0.05 * torch.randn_like(state["model"][name])
+    torch.save(state, str(tmp_path / "other.pth"))
+    eval_opts = quick_train_opts(str(tmp_path / "other"), max_iter=3) + ALL_PREDICTIONS
+    run_train_net(config, eval_opts + ["MODEL.WEIGHTS", str(tmp_path / "other.pth")], "--eval-only")
+    assert _predictions(str(tmp_path / "other")) != trained
 
 
 class RecordLR(HookBase):

@@ -9,10 +9,24 @@ import torch
 from torch.autograd import gradcheck
 
 from soft_d2 import ops
-from ops_reference import call, check_forward_backward, make_inputs
+from ops_reference import call, check_forward_backward, count_compiled_calls, make_inputs
 
 if not ops.compiled_available() and os.environ.get("SOFT_D2_NO_EXT") == "1":
     pytest.skip("extension deliberately not built (SOFT_D2_NO_EXT=1)", allow_module_level=True)
+
+
+
+@pytest.fixture(autouse=True)
+def _engine_ran(request):
+    """Every test here runs the compiled engine (or, parametrized with method="torch", never)."""
+    with count_compiled_calls() as counts:
+        yield
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("method") == "torch":
+        assert not counts, counts
+    else:
+        assert sum(counts.values()) > 0, "the compiled engine was never called"
+
 
 OPS = ["kernel", "matmul", "t_matmul"]
 # (batch dims, N, m, d, e, tile_rows): tiles not dividing N, N < tile, m = 1, d and e over 32.
@@ -27,13 +41,14 @@ METHOD_OPS = [("compiled", op) for op in OPS] + [("torch", "matmul"), ("torch", 
 
 
 def _streamed_tile(method, tile):
-    # the torch path streams when a tile is given; force it for every shape
+    # no tile: the compiled engine picks its own (engine_dispatch sends every size to it); the
+    # torch path is given one so that it streams in several chunks
     return tile or (8 if method == "torch" else None)
 
 
 @pytest.mark.parametrize("method,op", METHOD_OPS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[1]}m{s[2]}d{s[3]}e{s[4]}t{s[5]}")
-def test_float64_matches_dense_reference(method, op, shape):
+def test_float64_matches_dense_reference(method, op, shape, engine_dispatch):
     batch, n, m, d, e, tile = shape
     check_forward_backward(op, method, batch, n, m, d, e, torch.float64, "cpu", 1e-12,
                            tile_rows=_streamed_tile(method, tile))
@@ -41,7 +56,7 @@ def test_float64_matches_dense_reference(method, op, shape):
 
 @pytest.mark.parametrize("method,op", METHOD_OPS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[1]}m{s[2]}d{s[3]}e{s[4]}t{s[5]}")
-def test_float32_matches_dense_reference(method, op, shape):
+def test_float32_matches_dense_reference(method, op, shape, engine_dispatch):
     batch, n, m, d, e, tile = shape
     check_forward_backward(op, method, batch, n, m, d, e, torch.float32, "cpu", 1e-5,
                            tile_rows=_streamed_tile(method, tile))

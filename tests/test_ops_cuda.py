@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from soft_d2 import ops
-from ops_reference import call, check_forward_backward, make_inputs
+from ops_reference import call, check_forward_backward, count_compiled_calls, make_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -33,7 +33,7 @@ def test_extension_has_cuda_kernels():
 @pytest.mark.parametrize("dtype", list(TOLS), ids=str)
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[1]}m{s[2]}d{s[3]}e{s[4]}")
-def test_matches_dense_reference(shape, op, dtype):
+def test_matches_dense_reference(shape, op, dtype, engine_dispatch):
     batch, n, m, d, e = shape
     check_forward_backward(op, "compiled", batch, n, m, d, e, dtype, "cuda", TOLS[dtype])
 
@@ -64,7 +64,7 @@ def test_non_contiguous_and_mixed_dtypes(op):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_nystrom_attention_compiled_matches_torch_on_cuda():
+def test_nystrom_attention_compiled_matches_torch_on_cuda(monkeypatch):
     gen = torch.Generator().manual_seed(14)
     q = (torch.randn(2, 2, 3000, 32, generator=gen) * 0.3).cuda().requires_grad_()
     lm = (torch.randn(2, 2, 60, 32, generator=gen) * 0.3).cuda().requires_grad_()
@@ -72,8 +72,12 @@ def test_nystrom_attention_compiled_matches_torch_on_cuda():
     mid = (torch.randn(2, 2, 60, 60, generator=gen) / 60).cuda()
     results = []
     for method in ("torch", "compiled"):
-        out = ops.nystrom_attention(q, lm, v, lambda s: mid @ s, method)
-        grads = torch.autograd.grad(out.square().sum(), (q, lm, v))
+        if method == "compiled":  # this size is below STREAM_ELEMENTS: send it to the engine
+            monkeypatch.setattr("soft_d2.ops.streamed_torch.STREAM_ELEMENTS", 0)
+        with count_compiled_calls() as counts:
+            out = ops.nystrom_attention(q, lm, v, lambda s: mid @ s, method)
+            grads = torch.autograd.grad(out.square().sum(), (q, lm, v))
+        assert (sum(counts.values()) > 0) == (method == "compiled"), (method, counts)
         results.append((out, *grads))
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from soft_d2.model import load_checkpoint
+from soft_d2.ops import compiled_available
 
 from helpers import all_outputs, rel_err, release_config_model
+from ops_reference import count_compiled_calls
 
 KEYS = ("stage1", "stage2", "stage3", "stage4_tokens", "stage4_cls_normed", "logits")
 
@@ -38,14 +40,26 @@ PRECISIONS = {
 }
 
 
+# "torch": the dense formula, the model's reference path at these sizes. "compiled": every
+# Gaussian-kernel product sent to the compiled engine (below STREAM_ELEMENTS dispatch would use
+# the dense formula), and the test checks that the engine ran.
+METHODS = ["torch"] + (["compiled"] if compiled_available() else [])
+
+
 @pytest.mark.parametrize("precision", list(PRECISIONS))
-@pytest.mark.parametrize("kernel_method", ["torch", "auto"])
+@pytest.mark.parametrize("kernel_method", METHODS)
 @pytest.mark.parametrize("flavour", ["plain", "norm"])
 @pytest.mark.parametrize("name", ["x1", "x2", "x3"])
-def test_matches_release(reference, flavour, name, kernel_method, precision):
+def test_matches_release(reference, flavour, name, kernel_method, precision, monkeypatch):
     dtype, outputs_key, alone_key, tolerance = PRECISIONS[precision]
     data, model = _load(reference, flavour, kernel_method)
-    got = _run(model, data["inputs"][name], dtype)
+    if kernel_method == "compiled":
+        monkeypatch.setattr("soft_d2.ops.streamed_torch.STREAM_ELEMENTS", 0)
+        with count_compiled_calls() as counts:
+            got = _run(model, data["inputs"][name], dtype)
+        assert counts["kernel_matmul_forward"] > 0 and counts["kernel_t_matmul_forward"] > 0, counts
+    else:
+        got = _run(model, data["inputs"][name], dtype)
     expected = data[outputs_key][name]
     if flavour == "norm" and name == "x3":
         # The release couples the images of a batch (batch-wide Newton maxima); we do not, so the

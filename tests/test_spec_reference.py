@@ -1,101 +1,12 @@
 """Our SOFT block and Newton numerics against naive float64 implementations written from the
 spec (shared/soft-spec.md §2-5): explicit loops over images and heads, dense matrices, the
 release's multiplication order, Python control flow for the halving."""
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from soft_d2.model.blocks import SoftBlock
 from soft_d2.ops import newton_inverse
-
-
-def naive_gaussian(a, b):
-    # [n, d], [m, d] -> exp(-||a_i - b_j||^2 / 2) by explicit differences
-    diff = a[:, None, :] - b[None, :, :]
-    return torch.exp(-(diff**2).sum(-1) / 2)
-
-
-def naive_newton_regularized(a, iters):
-    m = a.shape[-1]
-    alpha = 0.9 * 2 / a.sum(-1).max() ** 2
-    p = a + float(torch.tensor(0.01, dtype=torch.float32)) * torch.eye(m, dtype=a.dtype)
-    v = alpha * p
-    for _ in range(iters):
-        v = 2 * v - v @ p @ v
-    return v
-
-
-def naive_newton_halving(a_heads, iters):
-    """a_heads: [h, m, m] of ONE image; alpha and its halvings shared by that image's heads."""
-    m = a_heads.shape[-1]
-    eye = torch.eye(m, dtype=a_heads.dtype)
-    alpha = 2 / a_heads.sum(-1).max() ** 2
-    v = alpha * a_heads
-    pnorm = (eye - a_heads @ v).abs().sum(-2).max()
-    halvings = 0
-    while pnorm > 1.01 and halvings < 10:
-        alpha = alpha * 0.5
-        v = alpha * a_heads
-        pnorm = (eye - a_heads @ v).abs().sum(-2).max()
-        halvings += 1
-    for _ in range(iters):
-        v = 2 * v - v @ a_heads @ v
-    return v, halvings
-
-
-def naive_soft_block(block, x, hw, normalized, numerics, iters):
-    """One SOFT block, post-norm, written out per image and head in float64."""
-    attn = block.attn
-    h, d = attn.num_heads, attn.head_dim
-    height, width = hw
-    b, n, c = x.shape
-    out = torch.zeros(b, n, c, dtype=x.dtype)
-    for i in range(b):
-        q_all = F.linear(x[i], attn.q.weight, attn.q.bias) / math.sqrt(math.sqrt(d))
-        v_all = F.linear(x[i], attn.v.weight, attn.v.bias)
-        k2s, k1s, vs = [], [], []
-        for head in range(h):
-            q = q_all[:, head * d:(head + 1) * d]  # [N, d]
-            grid = q.t().reshape(1, d, height, width)
-            lm = F.conv2d(grid, attn.landmarks.conv.weight, stride=attn.landmarks.sr_ratio)
-            lm = lm.reshape(d, -1).t()
-            lm = F.gelu(F.layer_norm(lm, (d,), attn.landmarks.norm.weight, attn.landmarks.norm.bias, 1e-5))
-            k1s.append(naive_gaussian(q, lm))
-            k2s.append(naive_gaussian(lm, lm))
-            vs.append(v_all[:, head * d:(head + 1) * d])
-        if numerics == "halving":
-            invs, _ = naive_newton_halving(torch.stack(k2s), iters)
-        else:
-            invs = [naive_newton_regularized(k2, iters) for k2 in k2s]
-        heads = []
-        for head in range(h):
-            inv = invs[head]
-            if normalized:
-                dmat = torch.diag(k2s[head].sum(-1) ** -0.5)
-                inv = dmat @ inv @ dmat
-            o = (k1s[head] @ inv) @ (k1s[head].t() @ vs[head])  # the release's order
-            # depthwise conv: this head's filter applied to each of its d channels
-            vgrid = vs[head].t().reshape(d, 1, height, width)
-            weight = attn.v_conv.weight[head:head + 1]
-            k = weight.shape[-1]
-            o = o + F.conv2d(vgrid, weight, padding=k // 2).reshape(d, n).t()
-            heads.append(o)
-        y = F.linear(torch.cat(heads, dim=1), attn.proj.weight, attn.proj.bias)
-        y = F.layer_norm(x[i] + y, (c,), block.norm1.weight, block.norm1.bias, 1e-5)
-        hidden = F.linear(y, block.mlp.fc1.weight, block.mlp.fc1.bias)
-        hidden = 0.5 * hidden * (1 + torch.tanh(math.sqrt(2 / math.pi) * (hidden + 0.044715 * hidden**3)))
-        z = F.linear(hidden, block.mlp.fc2.weight, block.mlp.fc2.bias)
-        out[i] = F.layer_norm(y + z, (c,), block.norm2.weight, block.norm2.bias, 1e-5)
-    return out
-
-
-def _randomize_norms(module, gen):
-    for m in module.modules():
-        if isinstance(m, torch.nn.LayerNorm):
-            m.weight.data = 1 + 0.1 * torch.randn(m.weight.shape, generator=gen, dtype=m.weight.dtype)
-            m.bias.data = 0.1 * torch.randn(m.bias.shape, generator=gen, dtype=m.bias.dtype)
+from spec_reference import naive_newton_halving, naive_newton_regularized, naive_soft_block, randomize_norms
 
 
 @pytest.mark.parametrize("normalized,numerics", [(False, "regularized"), (True, "halving"), (False, "halving")])
@@ -103,7 +14,7 @@ def _randomize_norms(module, gen):
 def test_soft_block_matches_naive_float64(normalized, numerics, hw, sr):
     gen = torch.Generator().manual_seed(3)
     block = SoftBlock(48, 3, 4, sr, 3, normalized=normalized, newton_numerics=numerics).double().eval()
-    _randomize_norms(block, gen)
+    randomize_norms(block, gen)
     x = torch.randn(2, hw[0] * hw[1], 48, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         ours = block(x, hw)

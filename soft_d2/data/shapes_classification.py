@@ -8,6 +8,12 @@ objectness the detection fine-tuning needs, in minutes on a CPU.
 
 Written once as ``<root>/soft_shapes_cls_v<VERSION>/{train,val}/<class>/<index>.jpg`` (atomically:
 a temporary folder renamed into place). The same (split, index) always gives the same image.
+
+The default set is drawn at 64 px from backgrounds rendered at their own 96-192 px and shrunk.
+``native=True`` renders the whole scene at the requested size instead (background lines, arcs,
+speckles and pixel noise drawn at that resolution), so a large image has real detail rather than
+an upscaled one; the same (split, index) then shows the same scene at every size, up to pixel noise
+(``soft_shapes_cls_v<VERSION>_native<size>``).
 """
 from __future__ import annotations
 
@@ -46,29 +52,41 @@ def _cross(cx, cy, size, angle):
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in corners]
 
 
-def _clutter(rng: np.random.Generator, side: int, density: float = 1.0) -> Image.Image:
+def _clutter(rng: np.random.Generator, side: int, density: float = 1.0, size: int | None = None,
+             noise_rng: np.random.Generator | None = None) -> Image.Image:
     """A ``side``-pixel window of the detection set's backgrounds: the same gradient, lines, arcs,
     speckles and noise as ``shapes._background``, with its density per pixel (that function draws
-    its counts for a whole 256-352 px image)."""
+    its counts for a whole 256-352 px image).
+
+    ``size`` draws that window at ``size`` pixels (positions, radii and widths scaled by
+    size / side, pixel noise from ``noise_rng`` at that resolution) instead of at ``side``; the
+    scene's random draws from ``rng`` are the same at every size."""
     share = density * side * side / (shapes.MIN_SIDE + shapes.MAX_SIDE) ** 2 * 4  # window / mean image area
+    out = side if size is None else size
+    k = out / side
+
+    def width(w: int) -> int:
+        return w if size is None else max(1, round(w * k))
+
     a, b = rng.uniform(0, 255, size=(2, 3))
-    t = np.linspace(0, 1, side)
+    t = np.linspace(0, 1, out)
     ramp = a[None] * (1 - t[:, None]) + b[None] * t[:, None]
-    img = np.broadcast_to(ramp[None], (side, side, 3)) if rng.random() < 0.5 else np.broadcast_to(ramp[:, None], (side, side, 3))
+    img = np.broadcast_to(ramp[None], (out, out, 3)) if rng.random() < 0.5 else np.broadcast_to(ramp[:, None], (out, out, 3))
     image = Image.fromarray(img.astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(rng.poisson(27.5 * share)):
-        x0, y0, x1, y1 = rng.uniform(-side / 2, 1.5 * side, size=4)  # lines cross the window from outside too
-        draw.line([(x0, y0), (x1, y1)], fill=shapes._random_colour(rng), width=int(rng.integers(1, 4)))
+        x0, y0, x1, y1 = rng.uniform(-side / 2, 1.5 * side, size=4) * k  # lines cross the window from outside too
+        draw.line([(x0, y0), (x1, y1)], fill=shapes._random_colour(rng), width=width(int(rng.integers(1, 4))))
     for _ in range(rng.poisson(10 * share)):
-        x, y, r = rng.uniform(0, side), rng.uniform(0, side), rng.uniform(10, 60)
+        x, y, r = rng.uniform(0, side) * k, rng.uniform(0, side) * k, rng.uniform(10, 60) * k
         start = rng.uniform(0, 360)
         draw.arc([x - r, y - r, x + r, y + r], start, start + rng.uniform(60, 270), fill=shapes._random_colour(rng),
-                 width=int(rng.integers(1, 3)))
+                 width=width(int(rng.integers(1, 3))))
     for _ in range(rng.poisson(40 * share)):
-        x, y, r = rng.uniform(0, side), rng.uniform(0, side), rng.uniform(1, 4)
+        x, y, r = rng.uniform(0, side) * k, rng.uniform(0, side) * k, rng.uniform(1, 4) * k
         draw.ellipse([x - r, y - r, x + r, y + r], fill=shapes._random_colour(rng))
-    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 8, size=(side, side, 3))
+    noise = (rng if size is None else noise_rng).normal(0, 8, size=(out, out, 3))
+    noisy = np.asarray(image, dtype=np.float32) + noise
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
@@ -99,13 +117,19 @@ def draw_shape(draw: ImageDraw.ImageDraw, name: str, cx: float, cy: float, size:
         raise ValueError(f"unknown shape class {name!r}; known: {CLASSES}")
 
 
-def generate_image(split: str, index: int, size: int = IMAGE_SIZE) -> tuple[Image.Image, int]:
-    """Image ``index`` of ``split`` and its class index; classes take turns (index % classes)."""
-    rng = np.random.default_rng([shapes.VERSION, VERSION, SPLITS[split][1], index])
+def generate_image(split: str, index: int, size: int = IMAGE_SIZE, native: bool = False) -> tuple[Image.Image, int]:
+    """Image ``index`` of ``split`` and its class index; classes take turns (index % classes).
+
+    ``native``: the background is drawn at ``size`` (not drawn at its own size and resized)."""
+    seed = [shapes.VERSION, VERSION, SPLITS[split][1], index]
+    rng = np.random.default_rng(seed)
     label = index % len(CLASSES)
-    # A window of the detection world: ``side`` detection pixels shrunk to ``size``.
+    # A window of the detection world: ``side`` detection pixels shown at ``size``.
     side = int(rng.integers(96, 193))
-    image = _clutter(rng, side, CLUTTER_DENSITY).resize((size, size), Image.BILINEAR)
+    if native:
+        image = _clutter(rng, side, CLUTTER_DENSITY, size=size, noise_rng=np.random.default_rng(seed + [size]))
+    else:
+        image = _clutter(rng, side, CLUTTER_DENSITY).resize((size, size), Image.BILINEAR)
     draw = ImageDraw.Draw(image)
     if rng.random() < 0.3:  # a partial distractor of another shape, cut by the border
         other = CLASSES[int(rng.integers(len(CLASSES) - 1))]
@@ -124,35 +148,48 @@ def generate_image(split: str, index: int, size: int = IMAGE_SIZE) -> tuple[Imag
     return image, label
 
 
-def dataset_folder(root: str | None = None) -> str:
+def dataset_folder(root: str | None = None, native_size: int | None = None) -> str:
     root = os.path.expanduser(root or os.environ.get("DETECTRON2_DATASETS", "datasets"))
-    return os.path.join(root, f"soft_shapes_cls_v{VERSION}")
+    suffix = "" if native_size is None else f"_native{native_size}"
+    return os.path.join(root, f"soft_shapes_cls_v{VERSION}{suffix}")
 
 
-def ensure_dataset(root: str | None = None, per_class: dict[str, int] | None = None) -> str:
-    """The ImageFolder root (with train/ and val/), generated on first use; returns its path.
+def ensure_dataset(root: str | None = None, per_class: dict[str, int] | None = None,
+                   native_size: int | None = None, splits: tuple[str, ...] = tuple(SPLITS)) -> str:
+    """The ImageFolder root (with the ``splits`` folders), generated on first use; returns its path.
 
-    ``per_class`` overrides the images per class of each split (small sets for tests).
+    ``per_class`` overrides the images per class of each split (small sets for tests);
+    ``native_size`` renders the set natively at that many pixels (default: the 64 px set).
     """
-    folder = dataset_folder(root)
-    if all(os.path.isdir(os.path.join(folder, split)) for split in SPLITS):
+    if native_size is not None and native_size < 16:
+        raise ValueError(f"native_size must be at least 16 pixels, got {native_size}")
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; the set has {tuple(SPLITS)}")
+    folder = dataset_folder(root, native_size)
+    missing = [split for split in splits if not os.path.isdir(os.path.join(folder, split))]
+    if not missing:
         return folder
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}_", dir=parent)
-    try:
-        for split, (default_count, _) in SPLITS.items():
-            count = (per_class or {}).get(split, default_count)
-            for name in CLASSES:
-                os.makedirs(os.path.join(tmp, split, name))
-            for index in range(count * len(CLASSES)):
-                image, label = generate_image(split, index)
-                image.save(os.path.join(tmp, split, CLASSES[label], f"{index:06d}.jpg"), quality=92)
+    os.makedirs(folder, exist_ok=True)
+    for split in missing:
+        # Each split is written into a temporary folder and renamed into place, so a crash never
+        # leaves a half-written split that a later call would take as complete.
+        tmp = tempfile.mkdtemp(prefix=f".{split}_", dir=folder)
         try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not os.path.isdir(folder):  # anything but "another process published it first"
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            count = (per_class or {}).get(split, SPLITS[split][0])
+            for name in CLASSES:
+                os.makedirs(os.path.join(tmp, name))
+            for index in range(count * len(CLASSES)):
+                if native_size is None:
+                    image, label = generate_image(split, index)
+                else:
+                    image, label = generate_image(split, index, native_size, native=True)
+                image.save(os.path.join(tmp, CLASSES[label], f"{index:06d}.jpg"), quality=92)
+            try:
+                os.rename(tmp, os.path.join(folder, split))
+            except OSError:
+                if not os.path.isdir(os.path.join(folder, split)):  # anything but "another process published it first"
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder

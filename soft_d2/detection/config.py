@@ -39,7 +39,7 @@ def add_soft_config(cfg: CN) -> CN:
     s.NEWTON_MAX_ITER = 20              # Newton-Schulz steps of the inverse (20 in every release)
     s.NEWTON_NUMERICS = ""              # "regularized" (plain) / "halving" (Norm); "" = variant's
     s.KERNEL_METHOD = "auto"            # Gaussian kernel: "auto" | "compiled" | "torch"
-    s.MAX_LANDMARKS = DETECTION_MAX_LANDMARKS  # landmark bound per SOFT block at large inputs; 0 = unbounded (release)
+    s.MAX_LANDMARKS = DETECTION_MAX_LANDMARKS  # landmark bound of every SOFT block (int); 0 = unbounded (release)
     s.SR_RATIOS = []                    # landmark strides per stage, [] = variant's (8, 4, 2, 1); changes landmark conv shapes
     s.EMBED_DIMS = []                   # channels per stage, [] = variant's (a custom width drops pretrained weights)
     s.NUM_HEADS = []                    # heads per stage, [] = variant's
@@ -95,6 +95,9 @@ def soft_model_kwargs(cfg: CN) -> dict:
         if value == "" or (isinstance(value, (list, tuple)) and len(value) == 0):
             continue
         kwargs[arg] = tuple(value) if isinstance(value, (list, tuple)) else value
-    if kwargs.get("max_landmarks") == 0:
-        kwargs["max_landmarks"] = None  # 0: the release's unbounded landmark count
+    bound = cfg.MODEL.SOFT.MAX_LANDMARKS
+    if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+        raise ValueError(f"MODEL.SOFT.MAX_LANDMARKS must be a non-negative int (landmarks per SOFT block; 0 = "
+                         f"unbounded, the release's function), got {bound!r}")
+    kwargs["max_landmarks"] = bound or None  # 0: the release's unbounded landmark count
     return kwargs

@@ -24,11 +24,17 @@ def merge_heads(x: Tensor) -> Tensor:
 
 
 def bounded_landmark_grid(grid_h: int, grid_w: int, max_landmarks: int) -> tuple[int, int]:
-    """A landmark grid of at most max_landmarks cells with about the aspect ratio of grid_h x grid_w."""
+    """A landmark grid of at most max_landmarks cells with the aspect ratio of grid_h x grid_w.
+
+    Both sides are scaled by sqrt(max_landmarks / (grid_h * grid_w)) and rounded down, so each is
+    within one cell of the exact ratio; a short side that would round to 0 becomes 1, and the long
+    side then takes as many cells as the bound allows.
+    """
     scale = math.sqrt(max_landmarks / (grid_h * grid_w))
-    rows = min(max(1, math.floor(grid_h * scale)), grid_h)
-    cols = max(1, min(math.floor(grid_w * scale), max_landmarks // rows, grid_w))
-    return rows, cols
+    short, long = sorted((grid_h, grid_w))
+    a = min(max(1, math.floor(short * scale)), short)
+    b = max(1, min(math.floor(long * scale), max_landmarks // a, long))
+    return (a, b) if grid_h <= grid_w else (b, a)
 
 
 class ConvLandmarks(nn.Module):

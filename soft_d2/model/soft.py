@@ -6,6 +6,7 @@ maps after the four stages have strides 4, 8, 16, 32 (detection's res2..res5).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 from torch import Tensor, nn
@@ -33,6 +34,11 @@ def _trunc_normal_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _is_bound(value) -> bool:
+    """None, or an integer >= 0 (not a bool, not a float: 100.0 is refused rather than truncated)."""
+    return value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0)
+
+
 class SoftVisionTransformer(nn.Module):
     """SOFT backbone and classifier.
 
@@ -50,8 +56,9 @@ class SoftVisionTransformer(nn.Module):
         newton_max_iter: Newton-Schulz steps (20 in every release).
         kernel_method: "auto" | "compiled" | "torch", the Gaussian-kernel implementation.
         max_landmarks: bounded-landmark mode for large inputs: at most this many landmarks per
-            SOFT block (one number, or one per stage 1-3); None is the release's unbounded
-            m = floor(H/s) floor(W/s). Inputs below the bound compute exactly the release's function.
+            SOFT block (one int, or a list of one per stage 1-3); None or 0 is the release's
+            unbounded m = floor(H/s) floor(W/s). Where m is at most the bound the function is
+            exactly the release's (bit for bit).
         drop_rate: dropout after the position embeddings and inside stage-4 blocks.
         drop_path_rate: residual drop rates, linear over all blocks; in SOFT blocks it is the
             release's elementwise Dropout (``soft_block_drop="dropout"``) or "drop_path".
@@ -153,12 +160,15 @@ class SoftVisionTransformer(nn.Module):
             (r"^norm", (99999,))])
 
     def set_max_landmarks(self, max_landmarks: int | Sequence[int | None] | None) -> None:
-        """Set the bounded-landmark mode (one bound or one per SOFT stage; None: unbounded)."""
-        bounds = [max_landmarks] * (NUM_STAGES - 1) if max_landmarks is None or isinstance(max_landmarks, int) \
-            else list(max_landmarks)
-        if len(bounds) != NUM_STAGES - 1 or any(b is not None and (not isinstance(b, int) or b < 1) for b in bounds):
-            raise ValueError(f"max_landmarks must be None or a positive int, alone or one per SOFT stage (3), "
-                             f"got {max_landmarks!r}")
+        """Set the bounded-landmark mode: one bound for every SOFT stage, or a list of one per
+        stage 1-3; None or 0 (alone or as a list entry) is the release's unbounded count."""
+        per_stage = isinstance(max_landmarks, (list, tuple))
+        bounds = list(max_landmarks) if per_stage else [max_landmarks] * (NUM_STAGES - 1)
+        if len(bounds) != NUM_STAGES - 1 or not all(_is_bound(b) for b in bounds):
+            raise ValueError(
+                f"max_landmarks must be a non-negative int (0 or None: unbounded), alone or a list of one per "
+                f"SOFT stage ({NUM_STAGES - 1}), e.g. 100 or [100, 100, 0]; got {max_landmarks!r}")
+        bounds = [int(b) if b else None for b in bounds]
         for stage, bound in zip(self.stages[:NUM_STAGES - 1], bounds):
             for blk in stage.blocks:
                 if blk.attn.landmarks is not None:
