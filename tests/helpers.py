@@ -33,7 +33,7 @@ def all_outputs(model, x):
     for stage in model.stages[:-1]:
         h = stage(h)
         maps.append(h)
-    tokens, _ = model.stages[-1](h)
+    tokens, _ = model.stages[-1].forward_tokens(h)
     normed = model.norm(tokens)
     return {
         "stage1": maps[0], "stage2": maps[1], "stage3": maps[2], "stage4_tokens": tokens,

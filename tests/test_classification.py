@@ -237,3 +237,28 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         ckpt.atomic_save({"a": torch.zeros(2)}, str(tmp_path / "last.pth"))
     assert torch.equal(torch.load(tmp_path / "last.pth")["a"], torch.ones(2))
     assert os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_trainer_imports_only_the_model_and_runs_without_detectron2(data, tmp_path):
+    """classification/train.py imports the model, not the Detectron2 layer (even where Detectron2 is
+    installed), and trains where Detectron2 is absent."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    loaded = ("print('D2', sorted(m for m, mod in sys.modules.items() if mod is not None and "
+              "(m.split('.')[0] == 'detectron2' or m.startswith(('soft_d2.detection', 'soft_d2.segmentation')))))")
+    args = ["--data", data, "--output", str(tmp_path), "--img_size", "32", "--batch_size", "4", "--workers", "0",
+            "--epochs", "1", "--warmup_epochs", "0", "--cooldown_epochs", "0", "--max_steps", "1",
+            "--no-tensorboard", "--model_kwargs", SMALL_MODEL]
+    runs = {
+        "installed": "import sys; import classification.train; " + loaded,
+        "absent": ("import sys, runpy; sys.modules['detectron2'] = None; "  # any `import detectron2` now fails
+                   f"sys.argv = ['classification/train.py', *{args!r}]; "
+                   "runpy.run_path('classification/train.py', run_name='__main__'); " + loaded),
+    }
+    for name, code in runs.items():
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (name, done.stderr[-3000:])
+        assert done.stdout.strip().splitlines()[-1] == "D2 []", (name, done.stdout[-2000:])
+    assert read_checkpoint(os.path.join(tmp_path, "last.pth"))["epoch"] == 1

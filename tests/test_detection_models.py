@@ -109,3 +109,36 @@ def test_model_options_reach_the_model():
     assert isinstance(frozen.stages[0].downsample.conv1.bn, FrozenBatchNorm2d)
     with pytest.raises(ValueError, match="STEM_NORM"):
         build_backbone(load_cfg(PUBLISHED[4], ["MODEL.SOFT.STEM_NORM", "LN"]))
+
+
+@pytest.mark.parametrize("freeze_at", [0, 1, 2, 5])
+def test_freeze_at_freezes_the_stem_and_stages_as_for_resnet(freeze_at):
+    """MODEL.BACKBONE.FREEZE_AT k: the stem (k >= 1) and res2..res<k> take no gradient, keep their
+    BatchNorm statistics and stay in eval mode in training; everything after them trains."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    cfg = load_cfg(PUBLISHED[4], ["MODEL.BACKBONE.FREEZE_AT", str(freeze_at), "MODEL.SOFT.STEM_NORM", "BN",
+                                  "MODEL.SOFT.DROP_PATH_RATE", "0.5"])
+    backbone = build_backbone(cfg).train()
+    soft = backbone.bottom_up.model
+    frozen_prefixes = (["stages.0.downsample."] if freeze_at >= 1 else []) + \
+        [f"stages.{i}." for i in range(freeze_at - 1)] + (["norm."] if freeze_at == 5 else [])
+    for name, p in soft.named_parameters():
+        assert p.requires_grad != name.startswith(tuple(frozen_prefixes)), name
+    assert isinstance(soft.stages[0].downsample.conv1.bn, FrozenBatchNorm2d) == (freeze_at >= 1)
+    assert isinstance(soft.stages[1].downsample.bn, FrozenBatchNorm2d) == (freeze_at >= 3)
+    trained_blocks = [m.training for i, stage in enumerate(soft.stages) for m in stage.blocks.modules()
+                      if i >= freeze_at - 1]
+    assert all(trained_blocks)
+    frozen_blocks = [m.training for stage in soft.stages[:max(freeze_at - 1, 0)] for m in stage.modules()]
+    assert not any(frozen_blocks)  # no dropout in frozen stages
+    x = torch.randn(1, 3, 64, 96)
+    sum(f.sum() for f in backbone(x).values()).backward()
+    for name, p in soft.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, name
+
+
+@pytest.mark.parametrize("bad", [-1, 6])
+def test_freeze_at_out_of_range_is_refused(bad):
+    with pytest.raises(ValueError, match="MODEL.BACKBONE.FREEZE_AT"):
+        build_backbone(load_cfg(PUBLISHED[4], ["MODEL.BACKBONE.FREEZE_AT", str(bad)]))

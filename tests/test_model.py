@@ -1,4 +1,5 @@
 """The SOFT family: variants, timm interface, input sizes and input checks."""
+import copy
 import json
 
 import pytest
@@ -68,7 +69,50 @@ def test_forward_features_head_and_intermediates():
     assert [tuple(m.shape) for m in maps] == [(2, 16, 24, 32), (2, 32, 12, 16), (2, 48, 6, 8), (2, 64, 3, 4)]
     assert torch.equal(only[0], maps[1]) and torch.equal(only[1], maps[3])
     # stage-4 map = stage-4 tokens without the class token
-    assert torch.allclose(maps[3].flatten(2).transpose(1, 2), model.stages[3](maps[2])[0][:, 1:])
+    tokens4, _ = model.stages[3].forward_tokens(maps[2])
+    assert torch.allclose(maps[3].flatten(2).transpose(1, 2), tokens4[:, 1:])
+
+
+def test_every_stage_maps_nchw_to_nchw():
+    model = small_model()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        for stage, inp, expected in zip(model.stages, [x] + maps[:-1], maps):
+            assert torch.equal(stage(inp), expected)
+
+
+@pytest.mark.parametrize("indices", [[0, 1, 2], [1], 2, [3]])
+def test_pruned_model_keeps_its_metadata_true(indices):
+    """After prune_intermediate_layers the model still computes and describes the stages it keeps:
+    its output is the last kept stage's map of every image, num_features is that stage's width,
+    and reset_classifier builds a head that fits it."""
+    full = small_model()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        expected = full.forward_intermediates(x, intermediates_only=True)
+    model = copy.deepcopy(full)
+    take = model.prune_intermediate_layers(indices)
+    last = max(take)
+    assert len(model.stages) == len(model.feature_info) == last + 1
+    assert model.num_features == model.head_hidden_size == model.embed_dims[-1] == [16, 32, 48, 64][last]
+    with torch.no_grad():
+        out = model(x)
+        kept = model.forward_intermediates(x, indices=take, intermediates_only=True)
+    if last < 3:  # the map of the last kept stage, batch first
+        assert torch.equal(out, expected[last])
+    else:  # stage 4 kept, head pruned (timm: global_pool ''): every normed token
+        assert out.shape == (2, 1 + 3 * 4, 64)
+    for got, i in zip(kept, take):
+        assert torch.equal(got, expected[i])
+    model.reset_classifier(5) if last < 3 else model.reset_classifier(5, "token")
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    if last < 3:
+        assert model.global_pool == "avg"
+        with pytest.raises(ValueError, match="class token"):
+            model.reset_classifier(5, "token")
 
 
 def test_features_only():

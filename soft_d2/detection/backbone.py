@@ -48,7 +48,7 @@ class SoftBackbone(Backbone):
     """Detectron2 Backbone returning the requested SOFT stage maps (res2..res5)."""
 
     def __init__(self, variant: str, out_features=STAGE_NAMES, stem_norm: str = "BN",
-                 grad_checkpoint: bool = False, **model_kwargs):
+                 grad_checkpoint: bool = False, freeze_at: int = 0, **model_kwargs):
         super().__init__()
         unknown = [f for f in out_features if f not in STAGE_NAMES]
         if unknown or not out_features:
@@ -61,8 +61,33 @@ class SoftBackbone(Backbone):
         model.set_grad_checkpointing(grad_checkpoint)
         self.model = convert_stem_norm(model, stem_norm)
         self._apply_norm = keep_norm
+        self._frozen = self.freeze(freeze_at)
         self._out_feature_strides = {f: 4 * 2 ** STAGE_NAMES.index(f) for f in self._out_features}
         self._out_feature_channels = {f: model.embed_dims[STAGE_NAMES.index(f)] for f in self._out_features}
+
+    def freeze(self, freeze_at: int = 0) -> list[nn.Module]:
+        """Detectron2's ``MODEL.BACKBONE.FREEZE_AT``, as for ResNet: 0 trains everything, 1
+        freezes the stem (stage 1's patch embedding), k >= 2 the stem and res2..res<k> (res5 with
+        the final norm). Frozen parts take no gradient, their BatchNorms become FrozenBatchNorm2d
+        and they stay in eval mode (no dropout) while the rest trains. Returns the frozen modules."""
+        if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or not 0 <= freeze_at <= 5:
+            raise ValueError(f"MODEL.BACKBONE.FREEZE_AT must be an int from 0 (train everything) to 5 (freeze the "
+                             f"stem and res2..res5), got {freeze_at!r}")
+        stages = self.model.stages
+        frozen = ([stages[0].downsample] if freeze_at >= 1 else []) + list(stages[:max(freeze_at - 1, 0)])
+        if freeze_at == 5 and self._apply_norm:
+            frozen.append(self.model.norm)
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+            FrozenBatchNorm2d.convert_frozen_batchnorm(module)  # in place: containers and a LayerNorm
+        return frozen
+
+    def train(self, mode: bool = True) -> "SoftBackbone":
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.model.forward_intermediates(x, indices=self._indices, norm=self._apply_norm,
@@ -90,7 +115,8 @@ class SoftBackbone(Backbone):
 def _soft_from_cfg(cfg, out_features) -> SoftBackbone:
     s = cfg.MODEL.SOFT
     return SoftBackbone(s.VARIANT, out_features=out_features, stem_norm=s.STEM_NORM,
-                        grad_checkpoint=s.GRAD_CHECKPOINT, **soft_model_kwargs(cfg))
+                        grad_checkpoint=s.GRAD_CHECKPOINT, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+                        **soft_model_kwargs(cfg))
 
 
 class SoftFPN(FPN):

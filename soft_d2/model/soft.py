@@ -12,7 +12,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from .blocks import SoftBlock, SoftmaxBlock
-from .stages import ConvBnRelu, ConvStem, SoftmaxStage, SoftStage
+from .stages import ConvBnRelu, ConvStem, SoftmaxStage, SoftStage, tokens_to_map
 
 NUM_STAGES = 4
 
@@ -32,6 +32,15 @@ def _trunc_normal_init(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+GLOBAL_POOLS = ("token", "avg", "")
+
+
+def _check_pool(global_pool: str) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be 'token' (class token), 'avg' (mean of the patch tokens) or '' "
+                         f"(none), got {global_pool!r}")
 
 
 def _is_bound(value) -> bool:
@@ -64,6 +73,8 @@ class SoftVisionTransformer(nn.Module):
             release's elementwise Dropout (``soft_block_drop="dropout"``) or "drop_path".
         default_init_soft_blocks: keep PyTorch's default Linear init in stages 1-3 (the released
             SOFT-Norm quirk; training only).
+        global_pool: what the head sees: "token" (the class token, the release's), "avg" (mean of
+            the patch tokens) or "" (every token).
     """
 
     def __init__(
@@ -98,8 +109,7 @@ class SoftVisionTransformer(nn.Module):
                 raise ValueError(f"{name} needs {n} entries (one per stage), got {list(value)}")
         if sr_ratios[3] != 1:
             raise ValueError(f"sr_ratios[3] must be 1: stage 4 is softmax attention without reduction, got {sr_ratios[3]}")
-        if global_pool not in ("token", ""):
-            raise ValueError(f"global_pool must be 'token' (class token) or '' (none), got {global_pool!r}")
+        _check_pool(global_pool)
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -149,10 +159,15 @@ class SoftVisionTransformer(nn.Module):
                     if isinstance(m, (nn.Linear, nn.LayerNorm)):
                         m.reset_parameters()
 
+    @property
+    def has_class_token(self) -> bool:
+        """False once prune_intermediate_layers removed stage 4 (which holds the class token)."""
+        return isinstance(self.stages[-1], SoftmaxStage)
+
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay (besides norms and biases, which timm skips)."""
-        names = {f"stages.{i}.pos_embed" for i in range(NUM_STAGES)}
-        return names | {f"stages.{NUM_STAGES - 1}.cls_token"}
+        names = {f"stages.{i}.pos_embed" for i in range(len(self.stages))}
+        return names | ({f"stages.{len(self.stages) - 1}.cls_token"} if self.has_class_token else set())
 
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^stages\.0\.downsample", blocks=r"^stages\.(\d+)" if coarse else [
@@ -184,7 +199,13 @@ class SoftVisionTransformer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is None and num_classes > 0 and not self.has_class_token and self.global_pool != "avg":
+            global_pool = "avg"  # a pruned model's output is a map: the only pooling a head can take
         if global_pool is not None:
+            _check_pool(global_pool)
+            if global_pool == "token" and not self.has_class_token:
+                raise ValueError(f"global_pool='token' needs the class token of stage 4, which this model no longer "
+                                 f"has (pruned to {len(self.stages)} stages); use global_pool='avg'")
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -227,19 +248,20 @@ class SoftVisionTransformer(nn.Module):
         take, max_index = feature_take_indices(len(self.stages), indices)
         last = max_index if (stop_early or intermediates_only) else len(self.stages) - 1
         maps = []
+        tokens = None
         for i, stage in enumerate(self.stages[:last + 1]):
-            if i < NUM_STAGES - 1:
+            if isinstance(stage, SoftmaxStage):
+                tokens, (h, w) = stage.forward_tokens(x)
+                if i in take:
+                    maps.append(tokens_to_map(self.norm(tokens[:, 1:]) if norm else tokens[:, 1:], h, w))
+            else:
                 x = stage(x)
                 if i in take:
                     maps.append(x)
-            else:
-                x, (h, w) = stage(x)
-                if i in take:
-                    tokens = self.norm(x[:, 1:]) if norm else x[:, 1:]
-                    maps.append(tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w))
         if intermediates_only:
             return maps
-        return self.norm(x), maps
+        # The final output of forward_features: normed tokens, or the last map of a truncated run.
+        return (self.norm(tokens) if tokens is not None else x), maps
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
@@ -247,23 +269,32 @@ class SoftVisionTransformer(nn.Module):
 
         take, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
-        if prune_norm or max_index < NUM_STAGES - 1:
-            self.norm = nn.Identity()
-        if prune_head or max_index < NUM_STAGES - 1:
+        # Keep the metadata true: the output is now stage max_index's.
+        self.feature_info = self.feature_info[:max_index + 1]
+        self.embed_dims = self.embed_dims[:max_index + 1]
+        self.num_features = self.head_hidden_size = self.embed_dims[-1]
+        if prune_norm or not self.has_class_token:
+            self.norm = nn.Identity()  # the final norm belongs to stage 4's tokens
+        if prune_head or not self.has_class_token:
             self.reset_classifier(0, "")
         return take
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Image -> final normed tokens [B, 1 + h*w, C4] (class token first)."""
+        """Image -> final normed tokens [B, 1 + h*w, C4] (class token first); after
+        prune_intermediate_layers below stage 4, the last remaining stage's map [B, C, h, w]."""
         self.check_input(x)
         for stage in self.stages[:-1]:
             x = stage(x)
-        x, _ = self.stages[-1](x)
-        return self.norm(x)
+        if not self.has_class_token:
+            return self.stages[-1](x)
+        tokens, _ = self.stages[-1].forward_tokens(x)
+        return self.norm(tokens)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "token":
             x = x[:, 0]
+        elif self.global_pool == "avg":  # patch tokens (the class token left out) or a map
+            x = x[:, 1:].mean(1) if x.dim() == 3 else x.mean((2, 3))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 

@@ -64,7 +64,8 @@ class SoftStage(nn.Module):
 
 class SoftmaxStage(nn.Module):
     """Last stage: downsample, prepend the class token, position embedding (its first entry is the
-    class token's, never resized), softmax blocks. Returns tokens [B, 1 + h*w, C] and (h, w)."""
+    class token's, never resized), softmax blocks; NCHW in, NCHW out (the patch tokens), like every
+    stage. ``forward_tokens`` also returns the class token, for the classifier."""
 
     def __init__(self, downsample: nn.Module, dim: int, pos_grid: tuple[int, int], blocks: list[SoftmaxBlock],
                  pos_drop: float = 0.0):
@@ -77,7 +78,8 @@ class SoftmaxStage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.grad_checkpointing = False
 
-    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    def forward_tokens(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """NCHW -> tokens [B, 1 + h*w, C] (class token first) and the grid (h, w)."""
         x = self.downsample(x)
         b, c, h, w = x.shape
         x = torch.cat([self.cls_token.expand(b, -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
@@ -91,3 +93,12 @@ class SoftmaxStage(nn.Module):
             else:
                 x = blk(x)
         return x, (h, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens, (h, w) = self.forward_tokens(x)
+        return tokens_to_map(tokens[:, 1:], h, w)
+
+
+def tokens_to_map(tokens: Tensor, h: int, w: int) -> Tensor:
+    """[B, h*w, C] tokens -> [B, C, h, w]."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
