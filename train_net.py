@@ -36,6 +36,7 @@ from soft_d2.detection.solver import build_optimizer
 from soft_d2.detection.visualize import save_dataset_predictions
 from soft_d2.segmentation import build_lr_scheduler, build_sem_seg_mapper
 from soft_d2.segmentation.visualize import save_sem_seg_predictions
+from soft_d2.utils.runtime import share_cpu_threads
 
 logger = logging.getLogger("soft_d2.train_net")
 
@@ -149,9 +150,8 @@ def save_picture(cfg, model) -> None:
 
 def main(args):
     cfg = setup(args)
-    if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
-        # Processes share the machine's cores; oversubscribing them slows every process down.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+    if cfg.MODEL.DEVICE == "cpu":
+        share_cpu_threads(comm.get_local_size())
     prepare_all(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)

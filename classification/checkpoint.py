@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from soft_d2.model import load_checkpoint as load_model_checkpoint
-from soft_d2.model.checkpoint import atomic_write, read_checkpoint
+from soft_d2.model.checkpoint import read_checkpoint
+from soft_d2.utils.files import atomic_write
 
 FORMAT_VERSION = 1
 LAST, BEST = "last.pth", "best.pth"

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from soft_d2.utils.runtime import amp_precision, kernel_method
+
 # name: (default, type, help). type is a callable, "bool", "list:<type>" or "json".
 OPTIONS: dict[str, tuple[Any, Any, str]] = {
     # --- data
@@ -28,7 +30,7 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "model": ("soft_tiny", str, "variant: soft_{tiny,small,medium,large,huge} or soft_norm_*"),
     "model_kwargs": ({}, "json", "extra model constructor arguments (JSON), e.g. custom sizes"),
     "newton_maxiter": (20, int, "Newton-Schulz iterations of the landmark inverse"),
-    "kernel_method": ("torch", str, "Gaussian kernels: torch | cuda (= our compiled op) | compiled | auto"),
+    "kernel_method": ("auto", str, "Gaussian kernels: auto (compiled where built) | compiled | torch; 'cuda' (the release's name) = compiled"),
     "drop": (0.0, float, "dropout rate (position embeddings, stage 4, head)"),
     "drop_path": (0.1, float, "residual-branch drop rate (linear over the blocks)"),
     "grad_checkpointing": (False, "bool", "recompute activations in backward to save memory"),
@@ -66,7 +68,7 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "model_ema_warmup": (False, "bool", "ramp the EMA decay up from 0 (for short runs)"),
     # --- runtime
     "device": ("auto", str, "auto | cpu | cuda"),
-    "amp": ("auto", str, "auto (bf16 on GPUs that have it, else fp16; none on CPU) | bf16 | fp16 | none"),
+    "amp": ("auto", str, "auto (bfloat16 on GPUs that have it, else float16; none on CPU) | bfloat16 | float16 | none (bf16, fp16 accepted)"),
     "channels_last": ("auto", str, "auto (on GPU) | true | false"),
     "seed": (42, int, "random seed (rank r uses seed + r)"),
     "log_interval": (50, int, "steps between progress lines"),
@@ -78,8 +80,6 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "max_steps": (None, int, "stop each epoch after this many steps (smoke tests)"),
     "tensorboard": (True, "bool", "write TensorBoard scalars (when tensorboard is installed)"),
 }
-AMP_CHOICES = ("auto", "bf16", "fp16", "none")
-KERNEL_METHODS = {"torch": "torch", "cuda": "compiled", "compiled": "compiled", "auto": "auto"}
 
 
 class ConfigError(ValueError):
@@ -182,11 +182,12 @@ def check(cfg: Config) -> None:
 
     if cfg.model not in VARIANTS:
         raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(VARIANTS)}")
-    if cfg.kernel_method not in KERNEL_METHODS:
-        raise ConfigError(f"kernel_method must be one of {', '.join(KERNEL_METHODS)}, got {cfg.kernel_method!r} "
-                          "('cuda' is the release's name for the compiled op)")
-    if cfg.amp not in AMP_CHOICES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {cfg.amp!r}")
+    try:
+        kernel_method(cfg.kernel_method, "kernel_method")
+        if cfg.amp not in ("auto", "none"):
+            amp_precision(cfg.amp, "amp ('auto', 'none' or a precision)")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if str(cfg.channels_last).lower() not in ("auto", "true", "false"):
         raise ConfigError(f"channels_last must be auto, true or false, got {cfg.channels_last!r}")
     for name in ("batch_size", "epochs", "img_size", "newton_maxiter"):

@@ -35,9 +35,10 @@ from timm.utils import ModelEmaV3  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 import soft_d2  # noqa: E402,F401  (registers the SOFT variants with timm)
+from soft_d2.utils.runtime import amp_dtype, fused_optimizer_options, kernel_method, share_cpu_threads  # noqa: E402
 from classification import checkpoint as ckpt  # noqa: E402
 from classification import data as cls_data  # noqa: E402
-from classification.config import KERNEL_METHODS, Config, parse_args  # noqa: E402
+from classification.config import Config, parse_args  # noqa: E402
 from classification.engine import SkipCounter, all_reduce_sum, evaluate, train_one_epoch  # noqa: E402
 
 logger = logging.getLogger("classification")
@@ -57,10 +58,8 @@ def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    if not use_cuda and world_size > 1:
-        # Processes on one machine share its cores; oversubscribing them slows every one down.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    if not use_cuda:
+        share_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     return rank, world_size, device
 
 
@@ -89,15 +88,15 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU has it (no scaler needed), fp16 with a scaler otherwise; the SOFT
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bfloat16 where the GPU has it (no scaler needed), float16 with a scaler otherwise; the SOFT
     kernels and the Newton inverse run in fp32 under autocast regardless (soft_d2.ops)."""
     choice = cfg.amp
+    if choice == "none" or (choice == "auto" and device.type != "cuda"):
+        return None
     if choice == "auto":
-        if device.type != "cuda":
-            return None
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[choice]
+        choice = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return amp_dtype(choice, "amp")
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
@@ -118,16 +117,14 @@ def tensorboard_writer(output: str):
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     return timm.create_model(
         cfg.model, num_classes=num_classes, drop_rate=cfg.drop, drop_path_rate=cfg.drop_path,
-        newton_max_iter=cfg.newton_maxiter, kernel_method=KERNEL_METHODS[cfg.kernel_method], **cfg.model_kwargs)
+        newton_max_iter=cfg.newton_maxiter, kernel_method=kernel_method(cfg.kernel_method, "kernel_method"), **cfg.model_kwargs)
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     # AdamW; timm puts 1-D tensors (norms, biases) and model.no_weight_decay() (position
-    # embeddings, class token) into a group without weight decay. Adam(W) runs fused (one kernel for
-    # all tensors): the per-tensor loop took ~20% of a small CPU step.
-    fused = {"fused": True} if cfg.opt.lower() in ("adam", "adamw") else {}
+    # embeddings, class token) into a group without weight decay.
     return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps,
-                               **fused)
+                               **fused_optimizer_options(cfg.opt))
 
 
 # --------------------------------------------------------------------------------------- main
@@ -161,10 +158,10 @@ def main(cfg: Config) -> dict:
         model = model.to(memory_format=torch.channels_last)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    dtype = amp_dtype(cfg, device)
+    dtype = autocast_dtype(cfg, device)
     logger.info(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                 f"{num_classes} classes, data {root}, {world_size} process(es) on {device.type}, "
-                f"amp {dtype or 'off'}, kernel {KERNEL_METHODS[cfg.kernel_method]}")
+                f"amp {dtype or 'off'}, kernel {kernel_method(cfg.kernel_method, 'kernel_method')}")
     if cfg.eval:
         return run_eval(cfg, model, val_set, rank, world_size, device, dtype, channels_last)
 

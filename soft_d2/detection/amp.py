@@ -10,13 +10,11 @@ import time
 import torch
 from detectron2.engine import SimpleTrainer
 
-PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+from ..utils.runtime import amp_dtype
 
 
 def autocast_dtype(name: str) -> torch.dtype:
-    if name not in PRECISIONS:
-        raise ValueError(f"SOLVER.AMP.PRECISION must be one of {sorted(PRECISIONS)}, got {name!r}")
-    return PRECISIONS[name]
+    return amp_dtype(name, "SOLVER.AMP.PRECISION")
 
 
 class MixedPrecisionTrainer(SimpleTrainer):

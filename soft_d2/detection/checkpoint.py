@@ -16,8 +16,9 @@ from detectron2.utils.file_io import PathManager
 from torch import nn
 
 from ..model import CheckpointMismatchError, SoftVisionTransformer
-from ..model.checkpoint import atomic_write, compare_state_dicts, convert_official_state_dict, is_official_state_dict, \
+from ..model.checkpoint import compare_state_dicts, convert_official_state_dict, is_official_state_dict, \
     read_checkpoint, unwrap_state_dict
+from ..utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 

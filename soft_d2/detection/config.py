@@ -9,6 +9,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 
 from ..model import DETECTION_MAX_LANDMARKS
+from ..utils.runtime import kernel_method
 
 # MODEL.SOFT key -> SoftVisionTransformer constructor argument. Empty values ("" / []) keep the
 # variant's own setting, so a config only spells out what it changes.
@@ -38,7 +39,7 @@ def add_soft_config(cfg: CN) -> CN:
     s.SOFT_BLOCK_DROP = ""              # "dropout" (release) or "drop_path" in SOFT blocks; "" = variant's
     s.NEWTON_MAX_ITER = 20              # Newton-Schulz steps of the inverse (20 in every release)
     s.NEWTON_NUMERICS = ""              # "regularized" (plain) / "halving" (Norm); "" = variant's
-    s.KERNEL_METHOD = "auto"            # Gaussian kernel: "auto" | "compiled" | "torch"
+    s.KERNEL_METHOD = "auto"            # Gaussian kernel: "auto" | "compiled" | "torch" ("cuda" = compiled)
     s.MAX_LANDMARKS = DETECTION_MAX_LANDMARKS  # landmark bound of every SOFT block (int); 0 = unbounded (release)
     s.SR_RATIOS = []                    # landmark strides per stage, [] = variant's (8, 4, 2, 1); changes landmark conv shapes
     s.EMBED_DIMS = []                   # channels per stage, [] = variant's (a custom width drops pretrained weights)
@@ -55,7 +56,7 @@ def add_soft_config(cfg: CN) -> CN:
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0   # weight decay of position embeddings and the class token
     # (SOLVER.WEIGHT_DECAY_NORM, Detectron2's own key, covers every norm layer; set 0.0 in our configs)
     # SOLVER.CLIP_GRADIENTS.CLIP_TYPE additionally accepts "full_model": one norm over all parameters.
-    cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype when SOLVER.AMP.ENABLED: "float16" | "bfloat16"
+    cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype when SOLVER.AMP.ENABLED: "float16" | "bfloat16" (fp16 / bf16)
 
     cfg.INPUT.COPY_PASTE = CN()
     cfg.INPUT.COPY_PASTE.ENABLED = False    # training: paste objects of another training image (polygon masks needed)
@@ -100,4 +101,6 @@ def soft_model_kwargs(cfg: CN) -> dict:
         raise ValueError(f"MODEL.SOFT.MAX_LANDMARKS must be a non-negative int (landmarks per SOFT block; 0 = "
                          f"unbounded, the release's function), got {bound!r}")
     kwargs["max_landmarks"] = bound or None  # 0: the release's unbounded landmark count
+    if "kernel_method" in kwargs:
+        kwargs["kernel_method"] = kernel_method(kwargs["kernel_method"], "MODEL.SOFT.KERNEL_METHOD")
     return kwargs

@@ -11,6 +11,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from torch import nn
 
 from ..model import SoftVisionTransformer
+from ..utils.runtime import fused_optimizer_options
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
@@ -72,8 +73,8 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         group.pop("names")
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
-        # fused: one kernel for all tensors; the per-tensor loop took ~20% of a small CPU step
-        cls, kwargs = torch.optim.AdamW, dict(betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS, fused=True)
+        cls, kwargs = torch.optim.AdamW, dict(betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS,
+                                              **fused_optimizer_options(name))
     elif name == "SGD":
         cls, kwargs = torch.optim.SGD, dict(momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
     else:

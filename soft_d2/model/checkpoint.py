@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -166,27 +165,6 @@ def compare_state_dicts(model: nn.Module, state_dict: Mapping[str, Tensor],
             report.loaded.append(key)
     report.missing = [k for k in expected if k not in state_dict and not k.startswith(tuple(exclude))]
     return report
-
-
-def atomic_write(path: str, write: Callable[[Any], Any]) -> None:
-    """``write(f)`` into a temporary file in ``path``'s folder, then rename it over ``path``: a crash
-    or a full disk never leaves a truncated checkpoint under the real name (both trainers use this)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp_{os.path.basename(path)}")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the checkpoint from other users
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
