@@ -15,7 +15,6 @@ if not ops.compiled_available() and os.environ.get("SOFT_D2_NO_EXT") == "1":
     pytest.skip("extension deliberately not built (SOFT_D2_NO_EXT=1)", allow_module_level=True)
 
 
-
 @pytest.fixture(autouse=True)
 def _engine_ran(request):
     """Every test here runs the compiled engine (or, parametrized with method="torch", never)."""
