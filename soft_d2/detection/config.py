@@ -9,6 +9,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 
 from ..model import DETECTION_MAX_LANDMARKS
+from ..model.soft import is_landmark_bound
 from ..utils.runtime import kernel_method
 
 # MODEL.SOFT key -> SoftVisionTransformer constructor argument. Empty values ("" / []) keep the
@@ -97,7 +98,7 @@ def soft_model_kwargs(cfg: CN) -> dict:
             continue
         kwargs[arg] = tuple(value) if isinstance(value, (list, tuple)) else value
     bound = cfg.MODEL.SOFT.MAX_LANDMARKS
-    if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+    if bound is None or not is_landmark_bound(bound):
         raise ValueError(f"MODEL.SOFT.MAX_LANDMARKS must be a non-negative int (landmarks per SOFT block; 0 = "
                          f"unbounded, the release's function), got {bound!r}")
     kwargs["max_landmarks"] = bound or None  # 0: the release's unbounded landmark count

@@ -43,7 +43,7 @@ def _check_pool(global_pool: str) -> None:
                          f"(none), got {global_pool!r}")
 
 
-def _is_bound(value) -> bool:
+def is_landmark_bound(value) -> bool:
     """None, or an integer >= 0 (not a bool, not a float: 100.0 is refused rather than truncated)."""
     return value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0)
 
@@ -179,7 +179,7 @@ class SoftVisionTransformer(nn.Module):
         stage 1-3; None or 0 (alone or as a list entry) is the release's unbounded count."""
         per_stage = isinstance(max_landmarks, (list, tuple))
         bounds = list(max_landmarks) if per_stage else [max_landmarks] * (NUM_STAGES - 1)
-        if len(bounds) != NUM_STAGES - 1 or not all(_is_bound(b) for b in bounds):
+        if len(bounds) != NUM_STAGES - 1 or not all(is_landmark_bound(b) for b in bounds):
             raise ValueError(
                 f"max_landmarks must be a non-negative int (0 or None: unbounded), alone or a list of one per "
                 f"SOFT stage ({NUM_STAGES - 1}), e.g. 100 or [100, 100, 0]; got {max_landmarks!r}")
