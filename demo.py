@@ -18,8 +18,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from PIL import Image
 
-from soft_d2.detection import SoftDetectionCheckpointer
-from soft_d2.detection.config import load_config
+from soft_d2.config import load_config
+from soft_d2.d2 import SoftDetectionCheckpointer
 from soft_d2.detection.visualize import Predictor, draw_predictions
 
 

@@ -18,71 +18,29 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json
 import logging
-import weakref
 
-import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser, default_setup, \
-    launch
+from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from soft_d2.detection import SoftDatasetMapper, SoftDetectionCheckpointer, prepare_dataset
-from soft_d2.detection.config import load_config
-from soft_d2.detection.amp import MixedPrecisionTrainer, autocast_dtype
-from soft_d2.detection.solver import build_optimizer
+from soft_d2.config import load_config
+from soft_d2.d2 import SoftDetectionCheckpointer, SoftTrainer, prepare_dataset
+from soft_d2.detection import DetectionDatasetMapper
 from soft_d2.detection.visualize import save_dataset_predictions
-from soft_d2.segmentation import build_lr_scheduler, build_sem_seg_mapper
+from soft_d2.segmentation import build_sem_seg_mapper
 from soft_d2.segmentation.visualize import save_sem_seg_predictions
+from soft_d2.utils.files import atomic_write
 from soft_d2.utils.runtime import share_cpu_threads
 
 logger = logging.getLogger("soft_d2.train_net")
 
 
-def wrap_distributed(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    """DDP over all processes; CPU modules take no device_ids (Detectron2's helper always passes one).
-    Every parameter is used in each step, so find_unused_parameters stays off."""
-    if comm.get_world_size() == 1:
-        return model
-    device_ids = [comm.get_local_rank()] if torch.device(device).type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
-
-
-class Trainer(DefaultTrainer):
-    """DefaultTrainer with AdamW parameter groups, AMP on any device, CPU DDP, SOFT checkpoints
-    (released ImageNet weights through MODEL.WEIGHTS) and atomic checkpoint writes."""
-
-    def __init__(self, cfg):
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = wrap_distributed(model, cfg.MODEL.DEVICE)
-        if cfg.SOLVER.AMP.ENABLED:
-            self._trainer = MixedPrecisionTrainer(model, data_loader, optimizer,
-                                                  autocast_dtype(cfg.SOLVER.AMP.PRECISION), cfg.MODEL.DEVICE)
-        else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SoftDetectionCheckpointer(model, cfg.OUTPUT_DIR, use_ema=cfg.MODEL.SOFT.USE_EMA,
-                                                      trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
-
-    @classmethod
-    def build_optimizer(cls, cfg, model):
-        return build_optimizer(cfg, model)
-
-    @classmethod
-    def build_lr_scheduler(cls, cfg, optimizer):
-        return build_lr_scheduler(cfg, optimizer)  # Detectron2's, plus WarmupPolyLR
+class Trainer(SoftTrainer):
+    """The SOFT trainer (soft_d2.d2.SoftTrainer: optimizer, schedules, checkpoints, AMP, DDP) with each
+    task's data and evaluation: COCO-style detection and instance segmentation, or semantic segmentation."""
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -96,7 +54,7 @@ class Trainer(DefaultTrainer):
     def build_mapper(cfg, is_train: bool):
         if is_semantic(cfg):  # crop / ratio resize / flip / photometric for training, short side for test
             return build_sem_seg_mapper(cfg, is_train)
-        return SoftDatasetMapper(cfg, is_train=is_train)
+        return DetectionDatasetMapper(cfg, is_train=is_train)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -133,11 +91,8 @@ def prepare_all(cfg) -> None:
 def save_results(cfg, results) -> None:
     if not comm.is_main_process() or not results:
         return
-    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    text = json.dumps(results, indent=1)
+    atomic_write(os.path.join(cfg.OUTPUT_DIR, "results.json"), lambda f: f.write(text.encode()))
 
 
 def save_picture(cfg, model) -> None:

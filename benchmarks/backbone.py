@@ -125,9 +125,9 @@ def main() -> None:
         print(json.dumps(run_case(json.loads(args.case))))
         return
 
-    from soft_d2.model import DETECTION_MAX_LANDMARKS
+    from soft_d2.d2.config import DEFAULT_MAX_LANDMARKS
 
-    bound = args.bound or DETECTION_MAX_LANDMARKS
+    bound = args.bound or DEFAULT_MAX_LANDMARKS
     sizes = [(224, 224), (800, 1344)] if args.quick else SIZES
     models = [("soft_norm_tiny", bound), ("soft_norm_tiny", None), ("r50", None)]
     if not args.quick:

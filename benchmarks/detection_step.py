@@ -36,8 +36,8 @@ def build(model_name: str):
 
     cfg = get_cfg()
     if model_name == "soft":
-        from soft_d2.detection import add_soft_config
-        add_soft_config(cfg)
+        from soft_d2.config import compose_config
+        compose_config(cfg)
         cfg.merge_from_file(str(SOFT_CONFIG))
     else:
         from detectron2 import model_zoo

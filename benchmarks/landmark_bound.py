@@ -294,9 +294,8 @@ def one_cost_case(bound, steps: int, height: int, width: int) -> dict:
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    from soft_d2.detection.amp import autocast_dtype
-    from soft_d2.detection.config import load_config
-    from soft_d2.detection.solver import build_optimizer
+    from soft_d2.config import load_config
+    from soft_d2.d2 import autocast_dtype, build_optimizer
 
     cfg = load_config(str(DET_CONFIG), ["MODEL.SOFT.MAX_LANDMARKS", str(bound or 0), "MODEL.WEIGHTS", ""])
     model = build_model(cfg).train()

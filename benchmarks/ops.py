@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name: (batch, heads, N, m, d)
     "224 stage-1": (1, 2, 3136, 49, 32),
     "800x1344 stage-1": (1, 2, 67200, 1050, 32),
-    # the same grid with landmarks capped at the detection default (soft_d2 DETECTION_MAX_LANDMARKS)
+    # the same grid with landmarks capped at the detection default (soft_d2.d2 DEFAULT_MAX_LANDMARKS)
     "800x1344 stage-1 capped": (1, 2, 67200, 100, 32),
 }
 IMPLS = ("compiled", "torch", "release")

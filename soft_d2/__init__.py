@@ -2,9 +2,11 @@
 
 ``import soft_d2`` registers the ten variants with timm (``timm.create_model("soft_norm_tiny")``)
 and imports nothing of Detectron2, so the model and the classification trainer work without it.
-The Detectron2 parts register themselves when imported: ``soft_d2.detection`` (SOFT backbones,
-FPN builders, built-in detection data) and ``soft_d2.segmentation`` (UperNet head, built-in
-segmentation data); ``soft_d2.add_soft_config`` imports both.
+The Detectron2 parts register themselves when imported: ``soft_d2.d2`` (the task-neutral layer:
+SOFT backbone, config keys, checkpointer, solver, trainer), on which ``soft_d2.detection`` (FPN
+builders, built-in detection data) and ``soft_d2.segmentation`` (UperNet head, built-in
+segmentation data) stand. ``soft_d2.add_soft_config`` adds the SOFT layer's keys;
+``soft_d2.compose_config`` / ``soft_d2.load_config`` (soft_d2/config.py) every task's as well.
 """
 __version__ = "0.1.0"
 
@@ -25,10 +27,13 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name == "add_soft_config":  # needs Detectron2: imported on first use only
-        from . import segmentation  # noqa: F401  (registers the UperNet head and segmentation data sets)
-        from .detection import add_soft_config
+_DETECTRON2_ENTRY_POINTS = {"add_soft_config": "soft_d2.d2.config", "compose_config": "soft_d2.config",
+                            "load_config": "soft_d2.config"}
 
-        return add_soft_config
+
+def __getattr__(name: str):
+    if name in _DETECTRON2_ENTRY_POINTS:  # need Detectron2: imported on first use only
+        import importlib
+
+        return getattr(importlib.import_module(_DETECTRON2_ENTRY_POINTS[name]), name)
     raise AttributeError(f"module 'soft_d2' has no attribute {name!r}")

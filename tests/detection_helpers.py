@@ -4,11 +4,9 @@ from __future__ import annotations
 import os
 
 import torch
-from detectron2.config import get_cfg
 
-import soft_d2.detection  # noqa: F401  (registers backbones and built-in data sets)
 import train_net
-from soft_d2.detection import add_soft_config
+from soft_d2.config import compose_config  # registers the backbones, heads and built-in data sets
 from soft_d2.data import shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,8 +22,7 @@ SMALL_INPUT = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
 
 
 def load_cfg(path: str, opts: list[str] = (), output_dir: str | None = None):
-    cfg = get_cfg()
-    add_soft_config(cfg)
+    cfg = compose_config()
     cfg.merge_from_file(path)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"

@@ -247,7 +247,7 @@ def test_trainer_imports_only_the_model_and_runs_without_detectron2(data, tmp_pa
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     loaded = ("print('D2', sorted(m for m, mod in sys.modules.items() if mod is not None and "
-              "(m.split('.')[0] == 'detectron2' or m.startswith(('soft_d2.detection', 'soft_d2.segmentation')))))")
+              "(m.split('.')[0] == 'detectron2' or m.startswith(('soft_d2.d2', 'soft_d2.detection', 'soft_d2.segmentation', 'soft_d2.config')))))")
     args = ["--data", data, "--output", str(tmp_path), "--img_size", "32", "--batch_size", "4", "--workers", "0",
             "--epochs", "1", "--warmup_epochs", "0", "--cooldown_epochs", "0", "--max_steps", "1",
             "--no-tensorboard", "--model_kwargs", SMALL_MODEL]

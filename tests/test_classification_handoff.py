@@ -17,7 +17,7 @@ from classification.train import main  # noqa: E402
 from classification_helpers import ROOT, SMALL_MODEL, config, fast_options, tiny_imagefolder  # noqa: E402
 from detection_helpers import QUICKSTART_RETINANET, load_cfg, make_small_builtin, quick_train_opts  # noqa: E402
 from soft_d2.data.shapes_classification import CLASSES  # noqa: E402
-from soft_d2.detection.checkpoint import find_soft_model  # noqa: E402
+from soft_d2.d2.checkpoint import find_soft_model  # noqa: E402
 from soft_d2.model.checkpoint import read_checkpoint  # noqa: E402
 
 

@@ -13,9 +13,9 @@ import soft_d2.detection  # noqa: F401  (registers the built-in data sets and ba
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode, polygons_to_bitmask
 from soft_d2.data.shapes import mask_to_polygons
-from soft_d2.detection.config import load_config
+from soft_d2.config import load_config
 from soft_d2.detection.copy_paste import CopyPaste
-from soft_d2.detection.mapper import SoftDatasetMapper
+from soft_d2.detection.mapper import DetectionDatasetMapper
 
 BACKGROUND = (7, 7, 7)
 H, W = 120, 160
@@ -159,9 +159,9 @@ def test_mapper_pastes_in_training_only(sources, tmp_path):
         opts = ["DATASETS.TRAIN", f"('{name}',)", "INPUT.COPY_PASTE.ENABLED", "True", "INPUT.MIN_SIZE_TRAIN", "(120,)",
                 "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.RANDOM_FLIP", "none"]
         cfg = load_config("configs/quickstart/mask_rcnn_soft_norm_tiny_shapes.yaml", opts)
-        train_mapper = SoftDatasetMapper(cfg, is_train=True)
+        train_mapper = DetectionDatasetMapper(cfg, is_train=True)
         assert train_mapper.copy_paste is not None
-        assert SoftDatasetMapper(cfg, is_train=False).copy_paste is None
+        assert DetectionDatasetMapper(cfg, is_train=False).copy_paste is None
         np.random.seed(0)
         counts = [len(train_mapper(dicts[0])["instances"]) for _ in range(10)]
         assert min(counts) >= 1 and max(counts) > len(annotations)

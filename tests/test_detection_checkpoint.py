@@ -9,7 +9,7 @@ import torch
 from detectron2.modeling import build_model
 
 from detection_helpers import PUBLISHED, load_cfg
-from soft_d2.detection import SoftDetectionCheckpointer
+from soft_d2.d2 import SoftDetectionCheckpointer
 from soft_d2.model import CheckpointMismatchError, create_soft, to_official_state_dict
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from detection_helpers import QUICKSTART_RCNN, load_cfg, make_small_builtin, quick_train_opts
-from soft_d2.detection import ImageReadError, SoftDatasetMapper, check_dataset_files, prepare_dataset
+from soft_d2.d2 import ImageReadError, check_dataset_files, prepare_dataset
+from soft_d2.detection import DetectionDatasetMapper
 from soft_d2.data import shapes
 
 
@@ -74,7 +75,7 @@ def test_bad_image_file_is_named(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image at all")
     cfg = load_cfg(QUICKSTART_RCNN, ["INPUT.COPY_PASTE.ENABLED", "False"])  # no source images to load
-    mapper = SoftDatasetMapper(cfg, is_train=True)
+    mapper = DetectionDatasetMapper(cfg, is_train=True)
     with pytest.raises(ImageReadError, match="broken.jpg"):
         mapper({"file_name": str(bad), "height": 10, "width": 10, "image_id": 0, "annotations": []})
 

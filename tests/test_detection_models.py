@@ -10,7 +10,7 @@ from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
 from detection_helpers import PUBLISHED, SMALL_INPUT, all_parameters_have_grad, load_cfg
-from soft_d2.detection import SoftDatasetMapper
+from soft_d2.detection import DetectionDatasetMapper
 from soft_d2.data.shapes import CATEGORIES, generate_image
 
 
@@ -30,7 +30,7 @@ def example_files(tmp_path_factory):
 
 
 def mapped(cfg, records, is_train: bool) -> list[dict]:
-    mapper = SoftDatasetMapper(cfg, is_train=is_train)
+    mapper = DetectionDatasetMapper(cfg, is_train=is_train)
     return [mapper(copy.deepcopy(r)) for r in records]
 
 

@@ -15,7 +15,7 @@ from detectron2.engine import HookBase
 import train_net
 from detection_helpers import QUICKSTART_RCNN, QUICKSTART_RETINANET, ROOT, load_cfg, make_small_builtin, \
     quick_train_opts, run_train_net
-from soft_d2.detection.solver import build_param_groups
+from soft_d2.d2.solver import build_param_groups
 
 
 @pytest.fixture()
@@ -157,7 +157,7 @@ def test_full_model_gradient_clipping():
     assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
     model = torch.nn.Linear(4, 4)
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.5
-    from soft_d2.detection.solver import build_optimizer
+    from soft_d2.d2.solver import build_optimizer
     optimizer = build_optimizer(cfg, model)
     model(torch.randn(8, 4)).pow(2).sum().mul(1000).backward()
     optimizer.step()

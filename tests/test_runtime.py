@@ -4,7 +4,7 @@ import torch
 
 from classification.config import ConfigError, resolve
 from classification.train import autocast_dtype
-from soft_d2.detection.amp import autocast_dtype as detection_autocast_dtype
+from soft_d2.d2.amp import autocast_dtype as d2_autocast_dtype
 from soft_d2.utils.runtime import amp_dtype, fused_optimizer_options, kernel_method, share_cpu_threads
 
 
@@ -12,14 +12,14 @@ from soft_d2.utils.runtime import amp_dtype, fused_optimizer_options, kernel_met
                                          ("float16", torch.float16), ("fp16", torch.float16)])
 def test_both_trainers_read_both_precision_spellings(name, dtype):
     assert amp_dtype(name, "key") is dtype
-    assert detection_autocast_dtype(name) is dtype
+    assert d2_autocast_dtype(name) is dtype
     cfg = resolve(None, {"amp": name})
     assert autocast_dtype(cfg, torch.device("cpu")) is dtype
 
 
 def test_precision_errors_name_the_setting():
     with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION"):
-        detection_autocast_dtype("half")
+        d2_autocast_dtype("half")
     with pytest.raises(ConfigError, match="amp"):
         resolve(None, {"amp": "half"})
     assert autocast_dtype(resolve(None, {"amp": "auto"}), torch.device("cpu")) is None  # CPU: no autocast by default

@@ -16,11 +16,11 @@ from PIL import Image
 import train_net
 from segmentation_helpers import ADE20K_CONFIGS, QUICKSTART_UPERNET, SMALL_SOFT, load_cfg, make_small_sem_seg
 from soft_d2.data import shapes
-from soft_d2.detection import prepare_dataset
+from soft_d2.d2 import prepare_dataset
 from soft_d2.segmentation.datasets import label_map
 from soft_d2.segmentation.head import cross_entropy_ignoring
 from soft_d2.segmentation.mapper import PhotometricDistortion, RandomRatioResize, build_sem_seg_mapper
-from soft_d2.segmentation.schedule import build_lr_scheduler
+from soft_d2.d2.schedule import build_lr_scheduler
 from soft_d2.segmentation.upernet import FCNHead, UperNetDecoder
 
 

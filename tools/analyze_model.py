@@ -26,7 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import soft_d2
-from soft_d2.model import DETECTION_MAX_LANDMARKS
+from soft_d2.d2.config import DEFAULT_MAX_LANDMARKS  # MODEL.SOFT.MAX_LANDMARKS of the Detectron2 configs
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_variants.json"
 PUBLISHED_GFLOPS = {"tiny": 1.9, "small": 3.3, "medium": 7.2, "large": 11.0, "huge": 16.3}
@@ -48,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=sorted(soft_d2.VARIANTS), choices=sorted(soft_d2.VARIANTS))
     parser.add_argument("--detection-size", type=parse_size, default=(800, 1333))
-    parser.add_argument("--max-landmarks", type=int, default=DETECTION_MAX_LANDMARKS)
+    parser.add_argument("--max-landmarks", type=int, default=DEFAULT_MAX_LANDMARKS)
     parser.add_argument("--faithful-detection", action="store_true",
                         help="also count the unbounded backbone at the detection size (slow for large variants)")
     args = parser.parse_args()

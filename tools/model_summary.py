@@ -22,7 +22,7 @@ import timm
 import torch
 
 import soft_d2
-from soft_d2.model import DETECTION_MAX_LANDMARKS
+from soft_d2.d2.config import DEFAULT_MAX_LANDMARKS  # MODEL.SOFT.MAX_LANDMARKS of the Detectron2 configs
 
 PUBLISHED_PARAMS = {  # spec §6: parameter counts of the released models (with the 1000-class head)
     "tiny": 13_069_056, "small": 38_858_462, "medium": 45_812_707, "large": 64_700_646, "huge": 87_108_273,
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=sorted(soft_d2.VARIANTS), choices=sorted(soft_d2.VARIANTS))
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(224, 224)])
     parser.add_argument("--large-size", type=parse_size, default=(800, 1344), help="detection-size forward")
-    parser.add_argument("--max-landmarks", type=int, default=DETECTION_MAX_LANDMARKS,
+    parser.add_argument("--max-landmarks", type=int, default=DEFAULT_MAX_LANDMARKS,
                         help="landmark bound of the bounded detection-size column")
     parser.add_argument("--faithful-variants", nargs="*", default=["soft_tiny", "soft_norm_tiny"],
                         help="variants also timed unbounded at --large-size (the larger ones take minutes)")

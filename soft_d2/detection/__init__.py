@@ -1,34 +1,22 @@
-"""Detectron2 extension: SOFT backbones, config keys, checkpoint loading and built-in data.
+"""Object detection and instance segmentation (RetinaNet, Mask R-CNN) with SOFT backbones.
 
-Importing this module registers ``build_soft_backbone``, ``build_soft_fpn_backbone`` and
-``build_retinanet_soft_fpn_backbone`` in Detectron2's BACKBONE_REGISTRY and the built-in data sets
-``soft_shapes_train`` / ``soft_shapes_val``.
+Importing this module registers ``build_soft_fpn_backbone`` and ``build_retinanet_soft_fpn_backbone``
+in Detectron2's BACKBONE_REGISTRY and the built-in data sets ``soft_shapes_train`` / ``soft_shapes_val``.
+Built on the task-neutral layer soft_d2.d2 (backbone, checkpointer, solver, trainer).
 """
-from .backbone import (
-    SoftBackbone,
-    build_retinanet_soft_fpn_backbone,
-    build_soft_backbone,
-    build_soft_fpn_backbone,
-)
-from .checkpoint import SoftDetectionCheckpointer, backbone_state_dict
-from .config import add_soft_config, soft_model_kwargs
-from .datasets import check_dataset_files, prepare_dataset, register_builtin
-from .mapper import ImageReadError, SoftDatasetMapper
+from .config import add_detection_config
+from .datasets import prepare_builtin_dataset, register_builtin
+from .fpn import SoftFPN, build_retinanet_soft_fpn_backbone, build_soft_fpn_backbone
+from .mapper import DetectionDatasetMapper
 
 register_builtin()
 
 __all__ = [
-    "ImageReadError",
-    "SoftBackbone",
-    "SoftDatasetMapper",
-    "SoftDetectionCheckpointer",
-    "add_soft_config",
-    "backbone_state_dict",
+    "DetectionDatasetMapper",
+    "SoftFPN",
+    "add_detection_config",
     "build_retinanet_soft_fpn_backbone",
-    "build_soft_backbone",
     "build_soft_fpn_backbone",
-    "check_dataset_files",
-    "prepare_dataset",
+    "prepare_builtin_dataset",
     "register_builtin",
-    "soft_model_kwargs",
 ]

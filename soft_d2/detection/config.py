@@ -1,107 +1,16 @@
-"""Config keys of the SOFT Detectron2 extension: ``add_soft_config(cfg)``.
+"""Config keys of detection (RetinaNet, Mask R-CNN): ``add_detection_config(cfg)``.
 
-``MODEL.SOFT`` describes the backbone; the SOLVER additions are read by train_net.py's Trainer.
-Every model key is turned into a constructor argument in one place, ``soft_model_kwargs``, so a new
-model option (e.g. a bounded-landmark mode) is one key here plus one row in ``_CONSTRUCTOR_KEYS``.
+The backbone and solver keys are the SOFT layer's (soft_d2.d2.add_soft_config); these are the
+instance-data augmentation keys read by soft_d2.detection.mapper.
 """
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-from ..model import DETECTION_MAX_LANDMARKS
-from ..model.soft import is_landmark_bound
-from ..utils.runtime import kernel_method
 
-# MODEL.SOFT key -> SoftVisionTransformer constructor argument. Empty values ("" / []) keep the
-# variant's own setting, so a config only spells out what it changes.
-_CONSTRUCTOR_KEYS = {
-    "DROP_PATH_RATE": "drop_path_rate",
-    "DROP_RATE": "drop_rate",
-    "SOFT_BLOCK_DROP": "soft_block_drop",
-    "NEWTON_MAX_ITER": "newton_max_iter",
-    "NEWTON_NUMERICS": "newton_numerics",
-    "KERNEL_METHOD": "kernel_method",
-    "SR_RATIOS": "sr_ratios",
-    "EMBED_DIMS": "embed_dims",
-    "NUM_HEADS": "num_heads",
-    "DEPTHS": "depths",
-    "MAX_LANDMARKS": "max_landmarks",
-}
-
-
-def add_soft_config(cfg: CN) -> CN:
-    """Add the MODEL.SOFT node and the solver/test keys of this project to a Detectron2 config."""
-    cfg.MODEL.SOFT = CN()
-    s = cfg.MODEL.SOFT
-    s.VARIANT = "soft_norm_tiny"        # one of soft_d2.VARIANTS (soft_tiny ... soft_norm_huge)
-    s.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stage maps returned, strides 4/8/16/32
-    s.DROP_PATH_RATE = 0.1              # residual drop rate, linear over all blocks (release: 0.1)
-    s.DROP_RATE = 0.0                   # dropout after position embeddings and in stage-4 blocks
-    s.SOFT_BLOCK_DROP = ""              # "dropout" (release) or "drop_path" in SOFT blocks; "" = variant's
-    s.NEWTON_MAX_ITER = 20              # Newton-Schulz steps of the inverse (20 in every release)
-    s.NEWTON_NUMERICS = ""              # "regularized" (plain) / "halving" (Norm); "" = variant's
-    s.KERNEL_METHOD = "auto"            # Gaussian kernel: "auto" | "compiled" | "torch" ("cuda" = compiled)
-    s.MAX_LANDMARKS = DETECTION_MAX_LANDMARKS  # landmark bound of every SOFT block (int); 0 = unbounded (release)
-    s.SR_RATIOS = []                    # landmark strides per stage, [] = variant's (8, 4, 2, 1); changes landmark conv shapes
-    s.EMBED_DIMS = []                   # channels per stage, [] = variant's (a custom width drops pretrained weights)
-    s.NUM_HEADS = []                    # heads per stage, [] = variant's
-    s.DEPTHS = []                       # blocks per stage, [] = variant's
-    s.STEM_NORM = "BN"                  # norm of the patch-embedding convs: "BN" | "FrozenBN" | "SyncBN"
-    s.GRAD_CHECKPOINT = False           # activation checkpointing per block (memory for compute)
-    s.USE_EMA = True                    # released checkpoints: load 'state_dict_ema' when present
-
-    cfg.SOLVER.OPTIMIZER = "ADAMW"      # "ADAMW" or "SGD"
-    cfg.SOLVER.BETAS = (0.9, 0.999)     # AdamW betas
-    cfg.SOLVER.EPS = 1e-8               # AdamW epsilon
-    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0  # lr of backbone (bottom-up SOFT) parameters = BASE_LR * this
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0   # weight decay of position embeddings and the class token
-    # (SOLVER.WEIGHT_DECAY_NORM, Detectron2's own key, covers every norm layer; set 0.0 in our configs)
-    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE additionally accepts "full_model": one norm over all parameters.
-    cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype when SOLVER.AMP.ENABLED: "float16" | "bfloat16" (fp16 / bf16)
-
+def add_detection_config(cfg: CN) -> CN:
     cfg.INPUT.COPY_PASTE = CN()
     cfg.INPUT.COPY_PASTE.ENABLED = False    # training: paste objects of another training image (polygon masks needed)
     cfg.INPUT.COPY_PASTE.MAX_OBJECTS = 6    # 1..this many objects of one random source image per training image
     cfg.INPUT.COPY_PASTE.MIN_VISIBLE = 0.4  # a pasted-over object keeps at least this share of its pixels
-
-    cfg.TEST.VIS_IMAGES = 0             # after the final evaluation, draw predictions on this many test images
-    cfg.TEST.VIS_THRESHOLD = 0.5        # score threshold of the drawn predictions
-
-    from ..segmentation.config import add_segmentation_config  # UperNet keys (semantic segmentation)
-    add_segmentation_config(cfg)
     return cfg
-
-
-def load_config(config_file: str, opts: list) -> CN:
-    """Detectron2's defaults + ours, then the YAML file and KEY VALUE overrides; frozen.
-
-    A config asking for CUDA on a machine without it runs on the CPU instead (same recipe).
-    """
-    import torch
-    from detectron2.config import get_cfg
-
-    cfg = add_soft_config(get_cfg())
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
-
-
-def soft_model_kwargs(cfg: CN) -> dict:
-    """Constructor overrides for ``create_soft`` from MODEL.SOFT (empty values are left out)."""
-    kwargs = {}
-    for key, arg in _CONSTRUCTOR_KEYS.items():
-        value = cfg.MODEL.SOFT[key]
-        if value == "" or (isinstance(value, (list, tuple)) and len(value) == 0):
-            continue
-        kwargs[arg] = tuple(value) if isinstance(value, (list, tuple)) else value
-    bound = cfg.MODEL.SOFT.MAX_LANDMARKS
-    if bound is None or not is_landmark_bound(bound):
-        raise ValueError(f"MODEL.SOFT.MAX_LANDMARKS must be a non-negative int (landmarks per SOFT block; 0 = "
-                         f"unbounded, the release's function), got {bound!r}")
-    kwargs["max_landmarks"] = bound or None  # 0: the release's unbounded landmark count
-    if "kernel_method" in kwargs:
-        kwargs["kernel_method"] = kernel_method(kwargs["kernel_method"], "MODEL.SOFT.KERNEL_METHOD")
-    return kwargs

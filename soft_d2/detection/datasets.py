@@ -1,5 +1,5 @@
-"""Data set registration: the built-in shapes set (generated on first use) and clear errors for
-data sets whose files are missing (e.g. COCO not downloaded)."""
+"""The built-in detection data set "SOFT shapes" (``soft_shapes_{train,val}``, COCO format with
+polygon masks), generated into ``$DETECTRON2_DATASETS/soft_shapes_v<N>`` on first use."""
 from __future__ import annotations
 
 import os
@@ -7,14 +7,10 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..d2.datasets import add_dataset_preparer, datasets_root, prepare_dataset
 from ..data import shapes
 
 BUILTIN_PREFIX = "soft_shapes"
-
-
-def datasets_root() -> str:
-    """Detectron2's convention: $DETECTRON2_DATASETS, else ./datasets."""
-    return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
 def builtin_folder() -> str:
@@ -26,48 +22,18 @@ def _builtin_split(name: str) -> str | None:
     return split if split in shapes.SPLITS else None
 
 
-# Other tasks' preparers (e.g. soft_d2.segmentation): name -> True when they handled it.
-_EXTRA_PREPARERS: list = []
-
-
-def add_dataset_preparer(preparer) -> None:
-    """Let ``prepare_dataset`` hand names it does not know to ``preparer(name) -> bool``."""
-    if preparer not in _EXTRA_PREPARERS:
-        _EXTRA_PREPARERS.append(preparer)
-
-
-def prepare_dataset(name: str) -> None:
-    """Make ``name``'s files exist: generate a built-in split if needed, else check the files are there."""
-    if any(preparer(name) for preparer in _EXTRA_PREPARERS):
-        return
+def prepare_builtin_dataset(name: str) -> bool:
+    """Generate a built-in split if needed and point its metadata at it; False for other names."""
     split = _builtin_split(name)
-    if split is not None:
-        folder = builtin_folder()
-        json_file = shapes.write_split(split, folder)
-        if getattr(MetadataCatalog.get(name), "json_file", json_file) != json_file:
-            MetadataCatalog.remove(name)  # DETECTRON2_DATASETS changed since the last use
-            _set_builtin_metadata(name)
-        MetadataCatalog.get(name).set(json_file=json_file, image_root=folder)
-        return
-    check_dataset_files(name)
-
-
-def check_dataset_files(name: str) -> None:
-    """Raise FileNotFoundError naming the expected folder when a file-based data set is missing."""
-    meta = MetadataCatalog.get(name)
-    for attr in ("json_file", "image_root"):
-        path = getattr(meta, attr, None)
-        if path is None or os.path.exists(path):
-            continue
-        env = os.environ.get("DETECTRON2_DATASETS")
-        where = f"DETECTRON2_DATASETS={env}" if env else "DETECTRON2_DATASETS is not set, so ./datasets is used"
-        raise FileNotFoundError(
-            f"data set {name!r} is not available: {path} does not exist. Detectron2 looks for data sets under "
-            f"the folder named by the DETECTRON2_DATASETS environment variable ({where}); for COCO it expects "
-            f"{os.path.join(datasets_root(), 'coco')}/annotations/instances_{{train,val}}2017.json and "
-            f"{os.path.join(datasets_root(), 'coco')}/{{train,val}}2017/. Download COCO there or point "
-            f"DETECTRON2_DATASETS at the folder that holds coco/. The built-in set needs no download: "
-            f"DATASETS.TRAIN ('{BUILTIN_PREFIX}_train',) DATASETS.TEST ('{BUILTIN_PREFIX}_val',).")
+    if split is None:
+        return False
+    folder = builtin_folder()
+    json_file = shapes.write_split(split, folder)
+    if getattr(MetadataCatalog.get(name), "json_file", json_file) != json_file:
+        MetadataCatalog.remove(name)  # DETECTRON2_DATASETS changed since the last use
+        _set_builtin_metadata(name)
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=folder)
+    return True
 
 
 def _load_builtin(name: str):
@@ -78,6 +44,7 @@ def _load_builtin(name: str):
 
 def register_builtin() -> None:
     """Register soft_shapes_train / soft_shapes_val (generated into builtin_folder() on first use)."""
+    add_dataset_preparer(prepare_builtin_dataset)
     for split in shapes.SPLITS:
         name = f"{BUILTIN_PREFIX}_{split}"
         if name in DatasetCatalog.list():

@@ -1,5 +1,5 @@
-"""Detectron2's DatasetMapper with an error that names the image file it could not read, and
-optional copy-paste augmentation (INPUT.COPY_PASTE) before the geometric augmentations."""
+"""The detection mapper: the SOFT layer's DatasetMapper plus optional copy-paste augmentation
+(INPUT.COPY_PASTE) between reading an image and its geometric augmentations."""
 from __future__ import annotations
 
 import copy
@@ -7,19 +7,14 @@ import copy
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from PIL import UnidentifiedImageError
 
+from ..d2.mapper import SoftDatasetMapper
 from .copy_paste import CopyPaste
 
 
-class ImageReadError(RuntimeError):
-    """An image file of a data set is missing, truncated or not an image."""
-
-
-class SoftDatasetMapper(DatasetMapper):
+class DetectionDatasetMapper(SoftDatasetMapper):
     @configurable
     def __init__(self, is_train: bool = True, *, copy_paste: CopyPaste | None = None, **kwargs):
         super().__init__(is_train, **kwargs)
@@ -32,17 +27,12 @@ class SoftDatasetMapper(DatasetMapper):
             ret["copy_paste"] = CopyPaste.from_config(cfg)
         return ret
 
-    def __call__(self, dataset_dict):
-        try:
-            if self.copy_paste is None:
-                return super().__call__(dataset_dict)
-            return self._call_with_copy_paste(dataset_dict)
-        except (OSError, UnidentifiedImageError, SyntaxError) as e:  # PIL raises all three on bad files
-            file_name = dataset_dict.get("file_name", "<no file_name>")
-            raise ImageReadError(f"cannot read image file {file_name} (or the image pasted into it): "
-                                 f"{type(e).__name__}: {e}") from e
+    def map(self, dataset_dict):
+        if self.copy_paste is None:
+            return super().map(dataset_dict)
+        return self._map_with_copy_paste(dataset_dict)
 
-    def _call_with_copy_paste(self, dataset_dict):
+    def _map_with_copy_paste(self, dataset_dict):
         """DatasetMapper's training path for instance data, with the paste between reading and augmenting."""
         dataset_dict = copy.deepcopy(dataset_dict)
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)

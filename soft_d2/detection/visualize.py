@@ -1,7 +1,5 @@
-"""Pictures of predictions: used after the quickstart's evaluation and by demo.py.
-
-Drawn with PIL: Detectron2's Visualizer needs OpenCV, which this project does not depend on.
-"""
+"""Pictures of instance predictions (boxes, masks, labels): after a detector's final evaluation
+(TEST.VIS_IMAGES) and in demo.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +8,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from PIL import Image, ImageDraw
+
+from ..d2.visualize import colour, tile
 
 
 class Predictor:
@@ -42,42 +42,26 @@ def draw_predictions(predictor: Predictor, path: str, metadata, threshold: float
     return draw_instances(rgb, instances, list(getattr(metadata, "thing_classes", [])))
 
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
-
-
 def draw_instances(rgb: np.ndarray, instances, class_names: list[str]) -> np.ndarray:
     """Masks blended at 50%, boxes and "class score" labels, one colour per instance."""
     picture = rgb.astype(np.float32).copy()
     masks = instances.pred_masks.numpy() if instances.has("pred_masks") else [None] * len(instances)
-    colours = [_PALETTE[i % len(_PALETTE)] for i in range(len(instances))]
-    for mask, colour in zip(masks, colours):
+    colours = [colour(i) for i in range(len(instances))]
+    for mask, rgb_colour in zip(masks, colours):
         if mask is not None:
-            picture[mask] = 0.5 * picture[mask] + 0.5 * np.array(colour, dtype=np.float32)
+            picture[mask] = 0.5 * picture[mask] + 0.5 * np.array(rgb_colour, dtype=np.float32)
     image = Image.fromarray(picture.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
-    for box, cls, score, colour in zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist(), colours):
-        draw.rectangle(box, outline=colour, width=2)
+    for box, cls, score, box_colour in zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist(), colours):
+        draw.rectangle(box, outline=box_colour, width=2)
         name = class_names[cls] if cls < len(class_names) else str(cls)
         label = f"{name} {score:.2f}"
         left, top, right, bottom = draw.textbbox((box[0], box[1]), label)
         y = max(0, box[1] - (bottom - top) - 2)
-        draw.rectangle((box[0], y, box[0] + right - left + 2, y + bottom - top + 2), fill=colour)
+        draw.rectangle((box[0], y, box[0] + right - left + 2, y + bottom - top + 2), fill=box_colour)
         draw.text((box[0] + 1, y), label, fill=(0, 0, 0))
     return np.asarray(image)
-
-
-def tile(pictures: list[np.ndarray], columns: int = 4) -> Image.Image:
-    """Pictures in a grid (rows of ``columns``), on a black canvas."""
-    rows = [pictures[i:i + columns] for i in range(0, len(pictures), columns)]
-    cell_h = max(p.shape[0] for p in pictures)
-    cell_w = max(p.shape[1] for p in pictures)
-    canvas = Image.new("RGB", (cell_w * min(columns, len(pictures)), cell_h * len(rows)))
-    for r, row in enumerate(rows):
-        for c, picture in enumerate(row):
-            canvas.paste(Image.fromarray(picture), (c * cell_w, r * cell_h))
-    return canvas
 
 
 def save_dataset_predictions(cfg, model, dataset_name: str, num_images: int, out_path: str) -> str:

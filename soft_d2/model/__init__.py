@@ -7,11 +7,10 @@ from .checkpoint import (
     to_official_state_dict,
 )
 from .soft import SoftVisionTransformer
-from .variants import DETECTION_MAX_LANDMARKS, VARIANTS, create_soft
+from .variants import VARIANTS, create_soft
 
 __all__ = [
     "CheckpointMismatchError",
-    "DETECTION_MAX_LANDMARKS",
     "LoadReport",
     "SoftVisionTransformer",
     "VARIANTS",

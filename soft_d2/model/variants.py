@@ -20,11 +20,6 @@ _PLAIN = dict(normalized=False, newton_numerics="regularized")
 # The Norm release: symmetric normalization, halving Newton start, default init of SOFT blocks.
 _NORM = dict(normalized=True, newton_numerics="halving", default_init_soft_blocks=True)
 
-# Default landmark bound for detection-size inputs (Detectron2 configs use it). At 224 every
-# stage has 7 x 7 = 49 landmarks, so classification is unaffected. Chosen from accuracy and cost
-# on trained weights (docs/benchmarks.md, "The landmark bound on trained weights").
-DETECTION_MAX_LANDMARKS = 100
-
 VARIANTS: dict[str, dict] = {}
 for _size, _arch in _SIZES.items():
     VARIANTS[f"soft_{_size}"] = {**_COMMON, **_arch, **_PLAIN}

@@ -3,14 +3,13 @@ its config keys, the segmentation data augmentation, the built-in shapes label m
 
 Importing this module registers ``UperNetHead`` in Detectron2's SEM_SEG_HEADS_REGISTRY and the data
 sets ``soft_shapes_sem_seg_{train,val}`` (and re-registers ``ade20k_sem_seg_{train,val}``).
-The backbone is the detection one (``MODEL.BACKBONE.NAME: "build_soft_backbone"``, res2..res5).
+The backbone is the SOFT layer's (soft_d2.d2, ``MODEL.BACKBONE.NAME: "build_soft_backbone"``, res2..res5).
 """
-from ..detection.datasets import add_dataset_preparer
+from ..d2.datasets import add_dataset_preparer
 from .config import add_segmentation_config
 from .datasets import prepare_sem_seg_dataset, register_sem_seg_datasets
 from .head import UperNetHead
 from .mapper import build_sem_seg_mapper
-from .schedule import build_lr_scheduler
 from .upernet import FCNHead, UperNetDecoder
 
 register_sem_seg_datasets()
@@ -21,7 +20,6 @@ __all__ = [
     "UperNetDecoder",
     "UperNetHead",
     "add_segmentation_config",
-    "build_lr_scheduler",
     "build_sem_seg_mapper",
     "prepare_sem_seg_dataset",
     "register_sem_seg_datasets",

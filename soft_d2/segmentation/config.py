@@ -1,4 +1,4 @@
-"""Config keys of semantic segmentation (UperNet), added to Detectron2's by ``add_soft_config``.
+"""Config keys of semantic segmentation (UperNet): ``add_segmentation_config(cfg)``.
 
 Detectron2's own MODEL.SEM_SEG_HEAD keys keep their meaning: NAME ("UperNetHead"), IN_FEATURES
 (fine to coarse), NUM_CLASSES, IGNORE_VALUE, CONVS_DIM (decoder channels), NORM, LOSS_WEIGHT.
@@ -27,6 +27,4 @@ def add_segmentation_config(cfg: CN) -> CN:
     if "SINGLE_CATEGORY_MAX_AREA" not in cfg.INPUT.CROP:
         cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
     cfg.INPUT.PHOTOMETRIC_DISTORTION = False  # random brightness, contrast, saturation, hue
-
-    cfg.SOLVER.POLY_LR_POWER = 1.0      # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR": lr * (1 - it / MAX_ITER) ** power
     return cfg

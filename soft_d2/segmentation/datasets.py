@@ -21,7 +21,7 @@ from detectron2.structures.masks import polygons_to_bitmask
 from PIL import Image
 
 from ..data import shapes
-from ..detection.datasets import datasets_root
+from ..d2.datasets import datasets_root
 
 BUILTIN_PREFIX = "soft_shapes_sem_seg"
 STUFF_CLASSES = ("background",) + tuple(shapes.CATEGORIES)

@@ -11,7 +11,7 @@ import numpy as np
 from detectron2.data import transforms as T
 from PIL import Image
 
-from ..detection.mapper import SoftDatasetMapper
+from ..d2.mapper import SoftDatasetMapper
 
 
 class RandomRatioResize(T.Augmentation):
@@ -107,7 +107,8 @@ def build_sem_seg_augmentations(cfg, is_train: bool) -> list[T.Augmentation]:
 
 def build_sem_seg_mapper(cfg, is_train: bool) -> SoftDatasetMapper:
     """Detectron2's DatasetMapper (reads 'sem_seg_file_name' into 'sem_seg') with our augmentations."""
-    if is_train and cfg.INPUT.COPY_PASTE.ENABLED:
+    copy_paste = cfg.INPUT.get("COPY_PASTE")  # a detection key: absent unless the detection keys are added
+    if is_train and copy_paste is not None and copy_paste.ENABLED:
         raise ValueError("INPUT.COPY_PASTE pastes instances and cannot update semantic label maps: "
                          "set INPUT.COPY_PASTE.ENABLED False for semantic segmentation configs")
     return SoftDatasetMapper(is_train=is_train, augmentations=build_sem_seg_augmentations(cfg, is_train),

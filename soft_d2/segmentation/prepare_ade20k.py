@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from ..detection.datasets import datasets_root
+from ..d2.datasets import datasets_root
 from .datasets import ADE20K_FOLDER
 
 SPLITS = ("training", "validation")

@@ -1,4 +1,4 @@
-"""Pictures of semantic-segmentation predictions (PIL only, like soft_d2/detection/visualize.py):
+"""Pictures of semantic-segmentation predictions (PIL only):
 each image with its predicted classes blended in, next to its ground truth."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from PIL import Image
 
-from ..detection.visualize import _PALETTE, tile
+from ..d2.visualize import colour, tile
 from .mapper import build_sem_seg_augmentations
 
 
@@ -36,7 +36,7 @@ def blend_labels(rgb: np.ndarray, labels: np.ndarray, ignore_label: int = 255) -
         if cls == 0 or cls == ignore_label:
             continue
         mask = labels == cls
-        picture[mask] = 0.5 * picture[mask] + 0.5 * np.array(_PALETTE[(cls - 1) % len(_PALETTE)], dtype=np.float32)
+        picture[mask] = 0.5 * picture[mask] + 0.5 * np.array(colour(cls - 1), dtype=np.float32)
     return picture.clip(0, 255).astype(np.uint8)
 
 

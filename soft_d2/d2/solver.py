@@ -1,4 +1,4 @@
-"""Optimizer of the SOFT detectors: AdamW (or SGD) with parameter groups and gradient clipping.
+"""Optimizer of SOFT detectors and segmenters: AdamW (or SGD) with parameter groups and gradient clipping.
 
 Groups: backbone (SoftVisionTransformer) parameters take BASE_LR * BACKBONE_MULTIPLIER; norm layers take
 WEIGHT_DECAY_NORM, SOFT's position embeddings and class token WEIGHT_DECAY_EMBED, biases

@@ -1,8 +1,8 @@
-"""MODEL.WEIGHTS for SOFT detectors: Detectron2 checkpoints, released SOFT ImageNet checkpoints
+"""MODEL.WEIGHTS for SOFT detectors and segmenters: Detectron2 checkpoints, released SOFT ImageNet checkpoints
 (converted on the fly) and our own ImageNet checkpoints; atomic checkpoint writes.
 
 Key conversion and comparison come from soft_d2.model.checkpoint; this file only places the
-backbone weights under the detector's module path and reports what was loaded or skipped.
+backbone weights under the model's module path and reports what was loaded or skipped.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def is_backbone_checkpoint(state_dict: dict[str, Any]) -> bool:
 
 
 def _pruned_prefixes(soft: SoftVisionTransformer) -> list[str]:
-    """Checkpoint entries the detection backbone deliberately has no place for."""
+    """Checkpoint entries the Detectron2 backbone deliberately has no place for."""
     prefixes = ["head."]
     if isinstance(soft.norm, nn.Identity):
         prefixes.append("norm.")

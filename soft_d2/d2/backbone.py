@@ -1,4 +1,4 @@
-"""SOFT as a Detectron2 backbone: a thin wrapper over the pure model, plus the FPN builders.
+"""SOFT as a Detectron2 backbone: a thin wrapper over the pure model and its registered builder.
 
 What happens to the classification parts of the pure model (DDP without
 find_unused_parameters needs every parameter to receive a gradient):
@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from torch import nn
 
 from ..model import create_soft
@@ -112,63 +111,21 @@ class SoftBackbone(Backbone):
         return {f"model.{n}" for n in self.model.no_weight_decay() if n in present}
 
 
-def _soft_from_cfg(cfg, out_features) -> SoftBackbone:
+def soft_backbone_from_cfg(cfg, out_features) -> SoftBackbone:
+    """SoftBackbone for MODEL.SOFT and MODEL.BACKBONE.FREEZE_AT, returning ``out_features``."""
     s = cfg.MODEL.SOFT
     return SoftBackbone(s.VARIANT, out_features=out_features, stem_norm=s.STEM_NORM,
                         grad_checkpoint=s.GRAD_CHECKPOINT, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
                         **soft_model_kwargs(cfg))
 
 
-class SoftFPN(FPN):
-    """Detectron2's FPN over a SOFT bottom-up; keeps SOFT's padding needs."""
-
-    @property
-    def padding_constraints(self) -> dict[str, int]:
-        return {**self.bottom_up.padding_constraints, "size_divisibility": self.size_divisibility}
-
-
-def _check_in_features(cfg, needed: list[str]) -> None:
-    missing = [f for f in needed if f not in cfg.MODEL.SOFT.OUT_FEATURES]
-    if missing:
-        raise ValueError(f"MODEL.FPN.IN_FEATURES {needed} needs {missing} in MODEL.SOFT.OUT_FEATURES "
-                         f"(got {list(cfg.MODEL.SOFT.OUT_FEATURES)})")
-
-
 @BACKBONE_REGISTRY.register()
 def build_soft_backbone(cfg, input_shape: ShapeSpec) -> SoftBackbone:
     """SOFT alone: MODEL.SOFT.OUT_FEATURES among res2..res5 (strides 4, 8, 16, 32)."""
-    _check_input_channels(input_shape)
-    return _soft_from_cfg(cfg, cfg.MODEL.SOFT.OUT_FEATURES)
+    check_input_channels(input_shape)
+    return soft_backbone_from_cfg(cfg, cfg.MODEL.SOFT.OUT_FEATURES)
 
 
-@BACKBONE_REGISTRY.register()
-def build_soft_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """SOFT + FPN for Mask R-CNN: P2-P6 (P6 by max-pooling P5)."""
-    _check_input_channels(input_shape)
-    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
-    _check_in_features(cfg, in_features)
-    # Only the maps FPN reads are returned, so no output goes unused.
-    bottom_up = _soft_from_cfg(cfg, in_features)
-    return SoftFPN(bottom_up=bottom_up, in_features=in_features, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-                   norm=cfg.MODEL.FPN.NORM, top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
-
-
-@BACKBONE_REGISTRY.register()
-def build_retinanet_soft_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """SOFT + FPN for RetinaNet: P3-P7 (P6, P7 by stride-2 convs from res5, as for ResNet)."""
-    _check_input_channels(input_shape)
-    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
-    _check_in_features(cfg, in_features)
-    if "res5" not in in_features:
-        raise ValueError(f"RetinaNet's P6/P7 are made from res5: MODEL.FPN.IN_FEATURES must include it, got {in_features}")
-    bottom_up = _soft_from_cfg(cfg, in_features)
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    c5 = bottom_up.output_shape()["res5"].channels
-    return SoftFPN(bottom_up=bottom_up, in_features=in_features, out_channels=out_channels,
-                   norm=cfg.MODEL.FPN.NORM, top_block=LastLevelP6P7(c5, out_channels, "res5"),
-                   fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
-
-
-def _check_input_channels(input_shape: ShapeSpec) -> None:
+def check_input_channels(input_shape: ShapeSpec) -> None:
     if input_shape.channels != 3:
         raise ValueError(f"SOFT backbones take 3-channel images (MODEL.PIXEL_MEAN has {input_shape.channels} entries)")

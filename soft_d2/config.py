@@ -1,0 +1,38 @@
+"""The full soft-d2 config: Detectron2's defaults, the SOFT layer's keys and each task's, composed.
+
+    cfg = compose_config()                       # every key train_net.py reads
+    cfg = load_config("configs/....yaml", opts)  # + a YAML file and KEY VALUE overrides, frozen
+
+Importing this module imports both task packages, which registers their heads and data sets.
+"""
+from __future__ import annotations
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+
+from .d2.config import add_soft_config
+from .detection.config import add_detection_config
+from .segmentation.config import add_segmentation_config
+
+
+def compose_config(cfg: CfgNode | None = None) -> CfgNode:
+    """Detectron2's default config (or ``cfg``) with the keys of the SOFT layer, detection and segmentation."""
+    cfg = get_cfg() if cfg is None else cfg
+    add_soft_config(cfg)
+    add_detection_config(cfg)
+    add_segmentation_config(cfg)
+    return cfg
+
+
+def load_config(config_file: str, opts: list) -> CfgNode:
+    """All keys, then the YAML file and KEY VALUE overrides; frozen.
+
+    A config asking for CUDA on a machine without it runs on the CPU instead (same recipe).
+    """
+    cfg = compose_config()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
