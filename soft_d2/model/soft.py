@@ -120,7 +120,9 @@ class SoftVisionTransformer(nn.Module):
         self.grad_checkpointing = False
 
         total = sum(depths)
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear 0..rate
+        # Linear 0..rate over all blocks, in float64 (timm's calculate_drop_path_rates takes a
+        # float32 linspace, which differs from these in the last digits).
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         attention_options = dict(normalized=normalized, newton_numerics=newton_numerics,
                                  newton_max_iter=newton_max_iter, kernel_method=kernel_method)
         stages, in_chs, stride, first = [], in_chans, 4, 0
