@@ -31,6 +31,24 @@ def test_parameter_counts_equal_release(reference, name):
     assert sum(b.numel() for b in model.buffers()) == expected["buffer_elements"]
 
 
+def test_timm_lists_the_family_by_module():
+    assert set(timm.list_models(module="soft")) == set(ALL_VARIANTS)
+
+
+def test_in1k_pretrained_tag():
+    tagged = timm.list_models("soft_*", include_tags=True)
+    assert set(tagged) >= {f"{name}.in1k" for name in ALL_VARIANTS}
+    with torch.device("meta"):
+        for name in ("soft_tiny.in1k", "soft_tiny"):  # the tag is the default one
+            cfg = timm.create_model(name).pretrained_cfg
+            assert cfg["tag"] == "in1k" and cfg["architecture"] == "soft_tiny"
+    # No download URL: timm lists no weights it could fetch, and pretrained=True needs the
+    # release file (pretrained_cfg_overlay=dict(file=...), tests/test_checkpoint.py).
+    assert timm.list_pretrained("soft_*") == []
+    with pytest.raises(RuntimeError, match="No pretrained weights"):
+        timm.create_model("soft_tiny.in1k", pretrained=True)
+
+
 def test_pretrained_cfg():
     model = timm.create_model("soft_norm_small")
     cfg = model.pretrained_cfg
