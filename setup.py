@@ -77,7 +77,8 @@ setup(
     name="soft-d2",
     version=read_version(),
     description="SOFT (Softmax-free Transformer) backbones for Detectron2 and timm",
-    packages=find_packages(include=["soft_d2", "soft_d2.*"]),
+    # classification: the ImageNet trainer (python -m classification.train, or its script)
+    packages=find_packages(include=["soft_d2", "soft_d2.*", "classification"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "timm>=1.0.9"],
     **extension_setup(),

@@ -9,6 +9,6 @@ if [ $# -lt 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]]; then
 fi
 NUM_PROC=$1
 shift
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-exec torchrun --standalone --nproc_per_node="$NUM_PROC" "$HERE/train.py" "$@"
+# The trainer as a module of the installed package (pip install -e .; or run from the repository root).
+exec torchrun --standalone --nproc_per_node="$NUM_PROC" -m classification.train "$@"

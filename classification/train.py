@@ -4,42 +4,49 @@
     python classification/train.py --data /data/imagenet --config classification/configs/SOFT_Tiny_norm.yaml
     classification/dist_train.sh 8 --data /data/imagenet --config classification/configs/SOFT_Tiny_norm.yaml
     python classification/train.py --config classification/configs/quickstart_soft_norm_tiny_shapes.yaml
-    python classification/train.py --data DIR --model soft_norm_tiny --eval --eval_checkpoint CKPT
+    python -m classification.train --data DIR --model soft_norm_tiny --eval --eval_checkpoint CKPT
 
-The checkpoints (output/last.pth, output/best.pth) load in Detectron2 with MODEL.WEIGHTS.
+The script needs the project installed (pip install --no-build-isolation -e .), which makes the
+`classification` package importable; ``python -m classification.train`` also runs from the
+repository root without it. The checkpoints (output/last.pth, output/best.pth) load in Detectron2
+with MODEL.WEIGHTS.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 # Spin-waiting OpenMP threads make shared or oversubscribed CPUs many times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-if __package__ in (None, ""):  # run as a script: make `classification` and `soft_d2` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run as a script, sys.path[0] is classification/ itself: the package has to come from the install.
+if importlib.util.find_spec("classification") is None:
+    sys.exit("classification/train.py: the `classification` package is not importable; install the project "
+             "(pip install --no-build-isolation -e . in the repository root) or run "
+             "`python -m classification.train ...` from the repository root")
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
+import json
+import logging
+import random
+import time
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
-from timm.optim import create_optimizer_v2  # noqa: E402
-from timm.scheduler import create_scheduler_v2  # noqa: E402
-from timm.utils import ModelEmaV3  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
 
-import soft_d2  # noqa: E402,F401  (registers the SOFT variants with timm)
-from soft_d2.utils.runtime import amp_dtype, fused_optimizer_options, kernel_method, share_cpu_threads  # noqa: E402
-from classification import checkpoint as ckpt  # noqa: E402
-from classification import data as cls_data  # noqa: E402
-from classification.config import Config, parse_args  # noqa: E402
-from classification.engine import SkipCounter, all_reduce_sum, evaluate, train_one_epoch  # noqa: E402
+import soft_d2  # noqa: F401  (registers the SOFT variants with timm)
+from soft_d2.utils.runtime import amp_dtype, fused_optimizer_options, kernel_method, share_cpu_threads
+from classification import checkpoint as ckpt
+from classification import data as cls_data
+from classification.config import Config, parse_args
+from classification.engine import SkipCounter, all_reduce_sum, evaluate, train_one_epoch
 
 logger = logging.getLogger("classification")
 

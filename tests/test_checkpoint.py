@@ -127,5 +127,15 @@ def test_timm_pretrained_from_release_file(tmp_path):
     assert model.head.out_features == 4
 
 
+def test_in1k_tag_loads_release_file(tmp_path):
+    source = timm.create_model("soft_norm_tiny")
+    path = tmp_path / "soft_norm_tiny_release.pth"
+    torch.save({"state_dict_ema": to_official_state_dict(source.state_dict()), "epoch": 299}, path)
+    model = timm.create_model("soft_norm_tiny.in1k", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert model.pretrained_cfg["tag"] == "in1k" and model.pretrained_cfg["file"] == str(path)
+    assert model.state_dict().keys() == source.state_dict().keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
 def test_package_exports():
     assert soft_d2.convert_official_state_dict is convert_official_state_dict

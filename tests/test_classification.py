@@ -15,7 +15,7 @@ import torch
 from classification import checkpoint as ckpt
 from classification.config import ConfigError, OPTIONS, parse_args, resolve
 from classification.train import build_model, build_optimizer, main
-from classification_helpers import CONFIGS, QUICKSTART, SMALL_MODEL, config, tiny_imagefolder
+from classification_helpers import CONFIGS, QUICKSTART, ROOT, SMALL_MODEL, config, tiny_imagefolder
 from ops_reference import count_compiled_calls
 from soft_d2.model import CheckpointMismatchError, to_official_state_dict
 from soft_d2.model.checkpoint import read_checkpoint
@@ -237,6 +237,30 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         ckpt.atomic_save({"a": torch.zeros(2)}, str(tmp_path / "last.pth"))
     assert torch.equal(torch.load(tmp_path / "last.pth")["a"], torch.ones(2))
     assert os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_trainer_script_needs_the_installed_package(monkeypatch):
+    """Run as a script, train.py finds `classification` only where the project is installed; where
+    it is not, it says how to install before importing anything heavy."""
+    import runpy
+    import sys
+
+    monkeypatch.setitem(sys.modules, "classification", None)  # not importable
+    monkeypatch.setattr(sys, "argv", ["classification/train.py", "--help"])
+    with pytest.raises(SystemExit, match=r"pip install --no-build-isolation -e \."):
+        runpy.run_path(os.path.join(ROOT, "classification", "train.py"), run_name="__main__")
+
+
+def test_trainer_runs_as_a_module_and_under_dist_train():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    for command in ([sys.executable, "-m", "classification.train", "--help"],
+                    ["bash", os.path.join("classification", "dist_train.sh"), "1", "--help"]):
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-3000:])
+        assert "--eval_checkpoint" in done.stdout, (command, done.stdout[-2000:])
 
 
 def test_trainer_imports_only_the_model_and_runs_without_detectron2(data, tmp_path):

@@ -7,6 +7,7 @@ import timm
 import torch
 
 import soft_d2
+from soft_d2.model.blocks import residual_drop
 
 from helpers import rel_err, small_model
 
@@ -30,6 +31,24 @@ def test_parameter_counts_equal_release(reference, name):
     assert sum(b.numel() for b in model.buffers()) == expected["buffer_elements"]
 
 
+def test_timm_lists_the_family_by_module():
+    assert set(timm.list_models(module="soft")) == set(ALL_VARIANTS)
+
+
+def test_in1k_pretrained_tag():
+    tagged = timm.list_models("soft_*", include_tags=True)
+    assert set(tagged) >= {f"{name}.in1k" for name in ALL_VARIANTS}
+    with torch.device("meta"):
+        for name in ("soft_tiny.in1k", "soft_tiny"):  # the tag is the default one
+            cfg = timm.create_model(name).pretrained_cfg
+            assert cfg["tag"] == "in1k" and cfg["architecture"] == "soft_tiny"
+    # No download URL: timm lists no weights it could fetch, and pretrained=True needs the
+    # release file (pretrained_cfg_overlay=dict(file=...), tests/test_checkpoint.py).
+    assert timm.list_pretrained("soft_*") == []
+    with pytest.raises(RuntimeError, match="No pretrained weights"):
+        timm.create_model("soft_tiny.in1k", pretrained=True)
+
+
 def test_pretrained_cfg():
     model = timm.create_model("soft_norm_small")
     cfg = model.pretrained_cfg
@@ -50,7 +69,7 @@ def test_create_model_overrides_build_custom_sizes():
     assert attn.newton_max_iter == 7 and attn.newton_numerics == "regularized" and attn.normalized
     assert attn.landmarks.conv.stride == (2, 2)
     assert model.stages[0].blocks[0].attn.landmarks.conv.kernel_size == (4, 4)
-    assert model.stages[3].blocks[0].drop_path.p == pytest.approx(0.1)
+    assert model.stages[3].blocks[0].drop_path.drop_prob == pytest.approx(0.1)
     assert isinstance(model.stages[2].blocks[1].drop1, torch.nn.Dropout)  # the release's residual dropout
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 5)
 
@@ -205,6 +224,23 @@ def test_bf16_autocast_close_to_float32(name):
         assert rel_err(a, b) < 0.1, rel_err(a, b)
         # most of the signal survives: cosine similarity per map
         assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.flatten(), dim=0) > 0.99
+
+
+def test_residual_drops():
+    x = torch.ones(256, 5, 3)
+    drop_path = residual_drop("drop_path", 0.25).train()
+    out = drop_path(x)
+    # whole samples dropped, the kept ones scaled by 1 / keep
+    per_sample = out.flatten(1)
+    assert (per_sample == per_sample[:, :1]).all()
+    kept = per_sample[:, 0] != 0
+    assert 0 < kept.sum() < 256
+    assert torch.allclose(per_sample[kept], torch.tensor(4 / 3))
+    assert torch.equal(drop_path.eval()(x), x)
+    assert isinstance(residual_drop("dropout", 0.25), torch.nn.Dropout)
+    assert isinstance(residual_drop("drop_path", 0.0), torch.nn.Identity)
+    with pytest.raises(ValueError, match="soft_block_drop"):
+        residual_drop("stochastic", 0.1)
 
 
 def test_training_step_backward_and_grad_checkpointing():

@@ -6,8 +6,8 @@ from .checkpoint import (
     load_checkpoint,
     to_official_state_dict,
 )
-from .soft import SoftVisionTransformer
-from .variants import VARIANTS, create_soft
+from .soft import SoftVisionTransformer, create_soft
+from .variants import VARIANTS
 
 __all__ = [
     "CheckpointMismatchError",

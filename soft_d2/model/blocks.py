@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .attention import SoftAttention, SoftmaxAttention
@@ -10,25 +11,9 @@ from .attention import SoftAttention, SoftmaxAttention
 SOFT_BLOCK_DROP_MODES = ("dropout", "drop_path")
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample while training."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
 def residual_drop(mode: str, p: float) -> nn.Module:
+    """The residual-branch drop of a SOFT block: elementwise Dropout (the release's) or DropPath,
+    timm's per-sample stochastic depth (kept samples scaled by 1 / (1 - p))."""
     if mode not in SOFT_BLOCK_DROP_MODES:
         raise ValueError(f"soft_block_drop must be one of {SOFT_BLOCK_DROP_MODES}, got {mode!r}")
     if p == 0.0:

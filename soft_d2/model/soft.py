@@ -1,4 +1,6 @@
-"""SoftVisionTransformer: the SOFT / SOFT-Norm pyramid (spec §1-5) as a plain nn.Module.
+"""SoftVisionTransformer: the SOFT / SOFT-Norm pyramid (spec §1-5) as a plain nn.Module, and the
+ten released variants' timm entrypoints (``timm.create_model("soft_tiny")``,
+``timm.list_models(module="soft")``).
 
 Stages 1-3 use softmax-free SOFT blocks, stage 4 softmax blocks with a class token. The feature
 maps after the four stages have strides 4, 8, 16, 32 (detection's res2..res5).
@@ -9,10 +11,14 @@ import math
 import numbers
 from typing import Sequence
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from .blocks import SoftBlock, SoftmaxBlock
+from .checkpoint import checkpoint_filter_fn
 from .stages import ConvBnRelu, ConvStem, SoftmaxStage, SoftStage, tokens_to_map
+from .variants import VARIANTS
 
 NUM_STAGES = 4
 
@@ -120,7 +126,9 @@ class SoftVisionTransformer(nn.Module):
         self.grad_checkpointing = False
 
         total = sum(depths)
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear 0..rate
+        # Linear 0..rate over all blocks, in float64 (timm's calculate_drop_path_rates takes a
+        # float32 linspace, which differs from these in the last digits).
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         attention_options = dict(normalized=normalized, newton_numerics=newton_numerics,
                                  newton_max_iter=newton_max_iter, kernel_method=kernel_method)
         stages, in_chs, stride, first = [], in_chans, 4, 0
@@ -300,3 +308,97 @@ class SoftVisionTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# ------------------------------------------------------------------------------ timm registration
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
+        "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD, "first_conv": "stages.0.downsample.conv1.conv",
+        "classifier": "head", "fixed_input_size": False, "license": "apache-2.0",
+        "paper_ids": "arXiv:2110.11945", **kwargs,
+    }
+
+
+# Tag "in1k": the authors' ImageNet-1k release. It has no download URL to name here, so
+# pretrained=True needs the file: timm.create_model("soft_tiny.in1k", pretrained=True,
+# pretrained_cfg_overlay=dict(file="release.pth")); checkpoint_filter_fn converts its layout.
+default_cfgs = generate_default_cfgs({
+    f"{name}.in1k": _cfg(description="ImageNet-1k, the authors' release (load the file with "
+                                     "pretrained_cfg_overlay=dict(file=PATH))")
+    for name in VARIANTS
+})
+
+
+def create_soft(variant: str, pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """Build a variant; keyword arguments override its hyper-parameters (custom sizes too)."""
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        SoftVisionTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **{**VARIANTS[variant], **kwargs},
+    )
+
+
+@register_model
+def soft_tiny(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Tiny: depths (1, 2, 3, 2), 13.1M parameters."""
+    return create_soft("soft_tiny", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_small(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Small: depths (1, 3, 20, 4), 38.9M parameters (the release's Small)."""
+    return create_soft("soft_small", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_medium(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Medium: depths (1, 3, 29, 5), 45.8M parameters."""
+    return create_soft("soft_medium", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_large(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Large: depths (1, 3, 40, 5), 64.7M parameters."""
+    return create_soft("soft_large", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_huge(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Huge: depths (1, 5, 49, 5), 87.1M parameters."""
+    return create_soft("soft_huge", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_norm_tiny(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Norm-Tiny: SOFT-Tiny with symmetric normalization (the SOFT-Norm release), 13.1M parameters."""
+    return create_soft("soft_norm_tiny", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_norm_small(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Norm-Small: SOFT-Small with symmetric normalization (the SOFT-Norm release), 38.9M parameters."""
+    return create_soft("soft_norm_small", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_norm_medium(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Norm-Medium: SOFT-Medium with symmetric normalization (the SOFT-Norm release), 45.8M parameters."""
+    return create_soft("soft_norm_medium", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_norm_large(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Norm-Large: SOFT-Large with symmetric normalization (the SOFT-Norm release), 64.7M parameters."""
+    return create_soft("soft_norm_large", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def soft_norm_huge(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    """SOFT-Norm-Huge: SOFT-Huge with symmetric normalization (the SOFT-Norm release), 87.1M parameters."""
+    return create_soft("soft_norm_huge", pretrained=pretrained, **kwargs)
