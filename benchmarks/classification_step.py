@@ -16,18 +16,16 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 # Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from timm.loss import LabelSmoothingCrossEntropy  # noqa: E402
-from timm.optim import create_optimizer_v2  # noqa: E402
+import timm
+import torch
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
 
-import soft_d2  # noqa: E402,F401  (registers the SOFT variants with timm)
+import soft_d2  # noqa: F401  (registers the SOFT variants with timm)
 
 
 def measure(model_name: str, device: str, precision: str, batch: int, size: int, steps: int,
