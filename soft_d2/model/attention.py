@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from functools import partial
 
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -13,14 +14,12 @@ from .. import ops
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """[B, N, C] -> [B, heads, N, C / heads] (head-major channel order)."""
-    b, n, c = x.shape
-    return x.view(b, n, num_heads, c // num_heads).transpose(1, 2)
+    return x.view(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
 
 
 def merge_heads(x: Tensor) -> Tensor:
     """[B, heads, N, d] -> [B, N, heads * d]."""
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
+    return x.transpose(1, 2).flatten(2)
 
 
 def bounded_landmark_grid(grid_h: int, grid_w: int, max_landmarks: int) -> tuple[int, int]:
@@ -35,6 +34,48 @@ def bounded_landmark_grid(grid_h: int, grid_w: int, max_landmarks: int) -> tuple
     a = min(max(1, math.floor(short * scale)), short)
     b = max(1, min(math.floor(long * scale), max_landmarks // a, long))
     return (a, b) if grid_h <= grid_w else (b, a)
+
+
+def landmark_input_size(height: int, width: int, sr_ratio: int, max_landmarks: int | None) -> tuple[int, int]:
+    """The query-grid size the stride-s landmark convolution is applied to (see ConvLandmarks)."""
+    s = sr_ratio
+    rows, cols = max(height // s, 1), max(width // s, 1)
+    if max_landmarks is not None and rows * cols > max_landmarks:
+        rows, cols = bounded_landmark_grid(rows, cols, max_landmarks)
+        return rows * s, cols * s
+    return max(height, s), max(width, s)
+
+
+def landmark_query_grid(q: Tensor, height: int, width: int, sr_ratio: int, max_landmarks: int | None) -> Tensor:
+    """[B, heads, N, d] queries -> the [B*heads, d, H', W'] grid the landmark convolution runs on
+    (ConvLandmarks: stretched to at least sr_ratio per side, pooled under max_landmarks)."""
+    b, h, n, d = q.shape
+    grid = q.reshape(b * h, n, d).transpose(1, 2).reshape(b * h, d, height, width)
+    size = landmark_input_size(height, width, sr_ratio, max_landmarks)
+    if size != (height, width):
+        # adaptive pooling: averages when shrinking, repeats rows/columns when stretching
+        grid = F.adaptive_avg_pool2d(grid, size)
+    return grid
+
+
+def soft_attention_product(q: Tensor, landmarks: Tensor, v: Tensor, normalized: bool, newton_max_iter: int,
+                           newton_numerics: str, kernel_method: str) -> Tensor:
+    """G(Q, L) @ M @ (G(Q, L)^T V), M = newton_pinv(G(L, L)) (D^-1/2 on both sides for SOFT-Norm),
+    applied to the [B, h, m, d] summary without forming M."""
+    k2 = ops.gaussian_kernel(landmarks, landmarks, kernel_method)
+    solve = partial(ops.newton_solve, k2, max_iter=newton_max_iter, numerics=newton_numerics)
+    if normalized:
+        d_inv_sqrt = k2.sum(-1).sqrt().reciprocal().unsqueeze(-1)  # [B, h, m, 1]
+        middle = lambda summary: d_inv_sqrt * solve(d_inv_sqrt * summary)  # noqa: E731
+    else:
+        middle = solve
+    return ops.nystrom_attention(q, landmarks, v, middle, kernel_method)
+
+
+# Shape-dependent control flow and the op dispatch: under FX symbolic tracing one call node each,
+# run with real tensors (torch.compile and torch.export trace through them).
+torch.fx.wrap("landmark_query_grid")
+torch.fx.wrap("soft_attention_product")
 
 
 class ConvLandmarks(nn.Module):
@@ -59,22 +100,11 @@ class ConvLandmarks(nn.Module):
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The query-grid size the stride-s convolution is applied to."""
-        s = self.sr_ratio
-        rows, cols = max(height // s, 1), max(width // s, 1)
-        if self.max_landmarks is not None and rows * cols > self.max_landmarks:
-            rows, cols = bounded_landmark_grid(rows, cols, self.max_landmarks)
-            return rows * s, cols * s
-        return max(height, s), max(width, s)
+        return landmark_input_size(height, width, self.sr_ratio, self.max_landmarks)
 
     def forward(self, q: Tensor, hw: tuple[int, int]) -> Tensor:
-        b, h, n, d = q.shape
-        height, width = hw
-        grid = q.reshape(b * h, n, d).transpose(1, 2).reshape(b * h, d, height, width)
-        size = self.input_size(height, width)
-        if size != (height, width):
-            # adaptive pooling: averages when shrinking, repeats rows/columns when stretching
-            grid = F.adaptive_avg_pool2d(grid, size)
-        lm = self.conv(grid).flatten(2).transpose(1, 2).reshape(b, h, -1, d)
+        grid = landmark_query_grid(q, hw[0], hw[1], self.sr_ratio, self.max_landmarks)
+        lm = self.conv(grid).flatten(2).transpose(1, 2).reshape(q.shape[0], q.shape[1], -1, q.shape[3])
         return F.gelu(self.norm(lm))
 
 
@@ -119,16 +149,6 @@ class SoftAttention(nn.Module):
         )
         self.proj = nn.Linear(dim, dim)
 
-    def _middle(self, landmarks: Tensor):
-        """The m x m factor between the two kernel products, applied to the [B, h, m, d] summary
-        without forming it: newton_pinv(K2) (scaled by D^-1/2 on both sides for SOFT-Norm)."""
-        k2 = ops.gaussian_kernel(landmarks, landmarks, self.kernel_method)
-        solve = partial(ops.newton_solve, k2, max_iter=self.newton_max_iter, numerics=self.newton_numerics)
-        if not self.normalized:
-            return solve
-        d_inv_sqrt = k2.sum(-1).sqrt().reciprocal().unsqueeze(-1)  # [B, h, m, 1]
-        return lambda summary: d_inv_sqrt * solve(d_inv_sqrt * summary)
-
     def _conv_v(self, v: Tensor, hw: tuple[int, int]) -> Tensor:
         """Depthwise k x k conv of V over the grid, one filter per head shared by its d channels.
 
@@ -136,18 +156,19 @@ class SoftAttention(nn.Module):
         with each head's filter repeated over its d channels: the same sums as the release's
         conv over V arranged as [B*d, heads, H, W], without the two transposing copies.
         """
-        b, n, c = v.shape
-        grid = v.view(b, *hw, c).permute(0, 3, 1, 2)
+        c = self.num_heads * self.head_dim
+        grid = v.view(v.shape[0], hw[0], hw[1], c).permute(0, 3, 1, 2)
         weight = self.v_conv.weight.repeat_interleave(self.head_dim, dim=0)  # [C, 1, k, k]
         out = F.conv2d(grid, weight, padding=self.v_conv.padding, groups=c)
-        return out.permute(0, 2, 3, 1).reshape(b, n, c)
+        return out.permute(0, 2, 3, 1).reshape(v.shape)
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         v_proj = self.v(x)
         q = split_heads(self.q(x), self.num_heads) / math.sqrt(math.sqrt(self.head_dim))
         v = split_heads(v_proj, self.num_heads)
         lm = q if self.landmarks is None else self.landmarks(q, hw)
-        out = ops.nystrom_attention(q, lm, v, self._middle(lm), self.kernel_method)
+        out = soft_attention_product(q, lm, v, self.normalized, self.newton_max_iter, self.newton_numerics,
+                                     self.kernel_method)
         out = merge_heads(out).to(v_proj.dtype) + self._conv_v(v_proj, hw)
         return self.proj(out)
 
@@ -166,8 +187,7 @@ class SoftmaxAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
         q = split_heads(self.q(x), self.num_heads)
-        k, v = self.kv(x).view(b, n, 2, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        kv = self.kv(x).view(x.shape[0], x.shape[1], 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1])
         return self.proj_drop(self.proj(merge_heads(out)))

@@ -13,11 +13,12 @@ from typing import Sequence
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+import torch
 from torch import Tensor, nn
 
 from .blocks import SoftBlock, SoftmaxBlock
 from .checkpoint import checkpoint_filter_fn
-from .stages import ConvBnRelu, ConvStem, SoftmaxStage, SoftStage, tokens_to_map
+from .stages import ConvBnRelu, ConvStem, SoftmaxStage, SoftStage, join_class_token, map_to_tokens, tokens_to_map
 from .variants import VARIANTS
 
 NUM_STAGES = 4
@@ -220,6 +221,10 @@ class SoftVisionTransformer(nn.Module):
 
     # -------------------------------------------------------------------------------- forward
     def check_input(self, x: Tensor) -> None:
+        """Clear errors for wrong images. Under FX symbolic tracing the input is a Proxy without a
+        shape to check, so nothing is checked; torch.compile and torch.export trace the checks."""
+        if isinstance(x, torch.fx.Proxy):
+            return
         if not isinstance(x, Tensor):
             raise ValueError(f"SOFT expects an image tensor [B, {self.in_chans}, H, W], got {type(x).__name__}")
         if x.dim() != 4:
@@ -259,9 +264,10 @@ class SoftVisionTransformer(nn.Module):
         tokens = None
         for i, stage in enumerate(self.stages[:last + 1]):
             if isinstance(stage, SoftmaxStage):
-                tokens, (h, w) = stage.forward_tokens(x)
+                x, class_token = stage(x, return_class_token=True)
                 if i in take:
-                    maps.append(tokens_to_map(self.norm(tokens[:, 1:]) if norm else tokens[:, 1:], h, w))
+                    maps.append(tokens_to_map(self.norm(map_to_tokens(x)), x.shape[2], x.shape[3]) if norm else x)
+                tokens = None if intermediates_only else join_class_token(class_token, x)
             else:
                 x = stage(x)
                 if i in take:
@@ -295,14 +301,15 @@ class SoftVisionTransformer(nn.Module):
             x = stage(x)
         if not self.has_class_token:
             return self.stages[-1](x)
-        tokens, _ = self.stages[-1].forward_tokens(x)
-        return self.norm(tokens)
+        # A module call (not forward_tokens): FX feature extraction of "stages.3" then takes its map.
+        grid, class_token = self.stages[-1](x, return_class_token=True)
+        return self.norm(join_class_token(class_token, grid))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "token":
             x = x[:, 0]
         elif self.global_pool == "avg":  # patch tokens (the class token left out) or a map
-            x = x[:, 1:].mean(1) if x.dim() == 3 else x.mean((2, 3))
+            x = x[:, 1:].mean(1) if self.has_class_token else x.mean((2, 3))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -36,6 +37,10 @@ def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], size: tuple[int, 
     return g.flatten(2).transpose(1, 2)
 
 
+# Under FX symbolic tracing the grid size is a Proxy: one call node, run with the real size.
+torch.fx.wrap("resize_pos_embed")
+
+
 class SoftStage(nn.Module):
     """Downsample -> + position embedding -> SOFT blocks; NCHW in, NCHW out."""
 
@@ -51,21 +56,21 @@ class SoftStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
-        b, c, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        h, w = x.shape[2], x.shape[3]  # indexed, not unpacked: FX traces shapes as Proxies
+        x = map_to_tokens(x)
         x = self.pos_drop(x + resize_pos_embed(self.pos_embed, self.pos_grid, (h, w)))
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(blk, x, (h, w), use_reentrant=False)
             else:
                 x = blk(x, (h, w))
-        return x.transpose(1, 2).reshape(b, c, h, w)
+        return tokens_to_map(x, h, w)
 
 
 class SoftmaxStage(nn.Module):
     """Last stage: downsample, prepend the class token, position embedding (its first entry is the
     class token's, never resized), softmax blocks; NCHW in, NCHW out (the patch tokens), like every
-    stage. ``forward_tokens`` also returns the class token, for the classifier."""
+    stage. ``return_class_token=True`` also returns the class token's output, for the classifier."""
 
     def __init__(self, downsample: nn.Module, dim: int, pos_grid: tuple[int, int], blocks: list[SoftmaxBlock],
                  pos_drop: float = 0.0):
@@ -81,8 +86,8 @@ class SoftmaxStage(nn.Module):
     def forward_tokens(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """NCHW -> tokens [B, 1 + h*w, C] (class token first) and the grid (h, w)."""
         x = self.downsample(x)
-        b, c, h, w = x.shape
-        x = torch.cat([self.cls_token.expand(b, -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
+        h, w = x.shape[2], x.shape[3]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), map_to_tokens(x)], dim=1)
         pos = torch.cat(
             [self.pos_embed[:, :1], resize_pos_embed(self.pos_embed[:, 1:], self.pos_grid, (h, w))], dim=1
         )
@@ -94,11 +99,25 @@ class SoftmaxStage(nn.Module):
                 x = blk(x)
         return x, (h, w)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, return_class_token: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The patch tokens as a map [B, C, h, w] (and the class token's output [B, C]). The map is
+        the stage's last operation, so FX feature extraction of "stages.3" takes it."""
         tokens, (h, w) = self.forward_tokens(x)
-        return tokens_to_map(tokens[:, 1:], h, w)
+        class_token = tokens[:, 0]
+        grid = tokens_to_map(tokens[:, 1:], h, w)
+        return (grid, class_token) if return_class_token else grid
 
 
 def tokens_to_map(tokens: Tensor, h: int, w: int) -> Tensor:
     """[B, h*w, C] tokens -> [B, C, h, w]."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+
+def map_to_tokens(grid: Tensor) -> Tensor:
+    """[B, C, h, w] -> [B, h*w, C] tokens."""
+    return grid.flatten(2).transpose(1, 2)
+
+
+def join_class_token(class_token: Tensor, grid: Tensor) -> Tensor:
+    """Class token [B, C] and patch map [B, C, h, w] -> tokens [B, 1 + h*w, C] (class token first)."""
+    return torch.cat([class_token.unsqueeze(1), map_to_tokens(grid)], dim=1)

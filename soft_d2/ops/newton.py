@@ -122,8 +122,10 @@ def _eigh(p: Tensor) -> tuple[Tensor, Tensor]:
     """torch.linalg.eigh; on a CPU with one thread: LAPACK's small (m <= a few hundred) batched
     eigensolves run 2-5x slower with several OpenMP threads (measured, 2 cores: 20 matrices of
     100 x 100, 60 ms with 2 threads, 13 ms with 1), and the result no longer depends on the thread count."""
+    if p.is_cuda or torch.compiler.is_compiling():  # a compiled graph cannot change the thread count
+        return torch.linalg.eigh(p)
     threads = torch.get_num_threads()
-    if p.is_cuda or threads == 1:
+    if threads == 1:
         return torch.linalg.eigh(p)
     torch.set_num_threads(1)
     try:

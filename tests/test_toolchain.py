@@ -1,0 +1,144 @@
+"""SOFT with the PyTorch 2 toolchain: the compiled engine as torch.library operators (schema, fake,
+autograd), torch.compile without graph breaks on both kernel methods, FX symbolic tracing and
+feature extraction (torchvision's and timm's), and torch.export at a fixed size."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torchvision.models.feature_extraction import create_feature_extractor
+
+import soft_d2  # noqa: F401  (registers the SOFT variants with timm)
+from ops_reference import count_compiled_calls
+from soft_d2 import ops
+from soft_d2.ops import library, streamed_torch
+
+needs_engine = pytest.mark.skipif(not ops.compiled_available(), reason="needs the compiled soft_d2._C")
+# A few thousand parameters: every code path of the family (SOFT stages with landmarks, stage 4 with
+# the class token), fast enough to trace and compile in CI.
+SMALL = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1))
+
+
+def small_soft(kernel_method: str = "torch", **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("soft_norm_tiny", kernel_method=kernel_method, **{**SMALL, **kwargs}).eval()
+
+
+@pytest.fixture(params=["torch", pytest.param("compiled", marks=needs_engine)])
+def kernel_method(request, monkeypatch):
+    """Both kernel methods; "compiled" routes every Gaussian-kernel product to the engine (small
+    inputs stay on the torch formula otherwise)."""
+    if request.param == "compiled":
+        monkeypatch.setattr(streamed_torch, "STREAM_ELEMENTS", 0)
+        monkeypatch.setattr(ops, "STREAM_ELEMENTS", 0)
+    return request.param
+
+
+@needs_engine
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["gaussian_kernel", "kernel_matmul", "kernel_t_matmul"])
+def test_engine_ops_pass_opcheck(name, dtype):
+    """torch.library.opcheck: schema, fake (meta) implementation against the real one, autograd
+    registration and AOT dispatch, static and dynamic."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 7, 4, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(3, 5, 4, generator=g, dtype=dtype, requires_grad=True)
+    third = {"kernel_matmul": torch.randn(3, 5, 6, generator=g, dtype=dtype, requires_grad=True),
+             "kernel_t_matmul": torch.randn(3, 7, 6, generator=g, dtype=dtype, requires_grad=True)}
+    args = (a, b) + ((third[name],) if name in third else ()) + (2,)
+    op = getattr(torch.ops.soft_d2, name)
+    with count_compiled_calls() as counts:
+        torch.library.opcheck(op, args)
+    assert counts[f"{name}_forward"] > 0 and counts[f"{name}_backward"] > 0
+    out = getattr(library, name)(*args)
+    assert out.dtype == dtype
+
+
+def graph_breaks(model: torch.nn.Module, x: torch.Tensor):
+    torch._dynamo.reset()
+    return torch._dynamo.explain(model)(x)
+
+
+def test_compile_sees_one_graph(kernel_method):
+    """No graph break inside the model, bounded landmarks active at a detection-like aspect too; on
+    the compiled method the graph holds the soft_d2 operators (not an opaque extension call)."""
+    model = small_soft(kernel_method, max_landmarks=6)
+    for size in ((64, 64), (96, 160)):
+        explained = graph_breaks(model, torch.randn(2, 3, *size))
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+        targets = {str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"}
+        soft_ops = {t for t in targets if "soft_d2" in t}
+        assert bool(soft_ops) == (kernel_method == "compiled"), soft_ops
+
+
+def test_compiled_model_matches_eager_forward_and_backward(kernel_method):
+    """torch.compile(fullgraph=True) through AOTAutograd (the engine's fake and autograd formulas are
+    what it traces), forward and input gradient against eager."""
+    model = small_soft(kernel_method, num_classes=5)
+    x = torch.randn(2, 3, 64, 96, requires_grad=True)
+    reference = model(x)
+    reference.sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    assert torch.allclose(out, reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item())
+    assert torch.allclose(x.grad, grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item())
+
+
+@pytest.mark.parametrize("max_landmarks", [None, 6])
+def test_fx_symbolic_trace(max_landmarks):
+    model = small_soft(max_landmarks=max_landmarks, num_classes=5)
+    traced = torch.fx.symbolic_trace(model)
+    for size in ((64, 96), (130, 70)):  # the traced graph is not specialised to one size
+        x = torch.randn(2, 3, *size)
+        assert torch.equal(traced(x), model(x))
+
+
+def test_fx_feature_extraction_torchvision_and_timm():
+    model = small_soft()
+    nodes = {f"stages.{i}": f"res{i + 2}" for i in range(4)}
+    extractor = create_feature_extractor(model, nodes)
+    timm_fx = timm.create_model("soft_norm_tiny", features_only=True, feature_cls="fx", **SMALL).eval()
+    missing, _ = timm_fx.graph_module.load_state_dict(model.state_dict(), strict=False)  # no head, no norm
+    assert not missing
+    for size in ((64, 96), (100, 52)):
+        x = torch.randn(2, 3, *size)
+        expected = model.forward_intermediates(x, intermediates_only=True)
+        got = extractor(x)
+        assert all(torch.equal(got[f"res{i + 2}"], e) for i, e in enumerate(expected))
+        assert all(torch.equal(g, e) for g, e in zip(timm_fx(x), expected))
+    assert type(timm_fx).__name__ == "FeatureGraphNet"
+
+
+def test_eager_input_checks_stay_on_around_tracing():
+    """The checks step aside for FX's Proxy only: eager calls still get the named error, before and
+    after tracing, and torch.export traces them without failing."""
+    model = small_soft()
+    bad = torch.randn(1, 4, 64, 64)
+    with pytest.raises(ValueError, match="3 input channels"):
+        model(bad)
+    torch.fx.symbolic_trace(model)
+    with pytest.raises(ValueError, match="3 input channels"):
+        model(bad)
+
+
+def test_detectron2_backbone_fx_traces():
+    pytest.importorskip("detectron2")
+    from soft_d2.d2 import SoftBackbone
+
+    backbone = SoftBackbone("soft_norm_tiny", kernel_method="torch", **SMALL).eval()
+    traced = torch.fx.symbolic_trace(backbone)
+    x = torch.randn(1, 3, 96, 128)
+    expected, got = backbone(x), traced(x)
+    assert list(got) == ["res2", "res3", "res4", "res5"]
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_export_fixed_size_matches_eager():
+    model = small_soft(num_classes=5)
+    x = torch.randn(2, 3, 64, 96)
+    exported = torch.export.export(model, (x,))
+    assert torch.equal(exported.module()(x), model(x))
