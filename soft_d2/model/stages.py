@@ -34,7 +34,7 @@ def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], size: tuple[int, 
     c = pos_embed.shape[-1]
     g = pos_embed.reshape(1, grid[0], grid[1], c).permute(0, 3, 1, 2)
     g = F.interpolate(g, size=size, mode="bilinear", align_corners=False)
-    return g.flatten(2).transpose(1, 2)
+    return map_to_tokens(g)
 
 
 # Under FX symbolic tracing the grid size is a Proxy: one call node, run with the real size.
