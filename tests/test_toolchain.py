@@ -144,6 +144,50 @@ def test_export_fixed_size_matches_eager():
     assert torch.equal(exported.module()(x), model(x))
 
 
+# Every landmark grid has at least 2 cells per side from 64 pixels on (stage 1: stride 4, then the
+# stride-8 landmark convolution); below that sizes of 1 would be specialised.
+DYNAMIC = {2: torch.export.Dim("height", min=64, max=4096), 3: torch.export.Dim("width", min=64, max=4096)}
+OTHER_SIZES = ((64, 64), (96, 160), (130, 70), (224, 224))  # 224: the position embedding's own grid
+
+
+def test_export_dynamic_size_matches_eager():
+    """Faithful landmarks: one exported program serves every height and width (odd sizes, portrait,
+    the embedding's native grid), with the same values as eager."""
+    model = small_soft(num_classes=5)
+    exported = torch.export.export(model, (torch.randn(2, 3, 128, 192),), dynamic_shapes=(DYNAMIC,))
+    for size in OTHER_SIZES:
+        x = torch.randn(2, 3, *size)
+        assert torch.allclose(exported.module()(x), model(x), rtol=0, atol=1e-6), size
+
+
+def test_export_bounded_landmarks_at_a_fixed_size():
+    """Bounded landmarks: the grid is piecewise in the image size, so the program is exported for
+    one size (where the bound is active) and refuses another one rather than computing it wrong."""
+    model = small_soft(num_classes=5, max_landmarks=6)
+    x = torch.randn(1, 3, 160, 224)
+    assert model.stages[0].blocks[0].attn.landmarks.input_size(40, 56) != (40, 56)  # the bound acts
+    exported = torch.export.export(model, (x,))
+    assert torch.allclose(exported.module()(x), model(x), rtol=0, atol=1e-6)
+    with pytest.raises(Exception, match="shape|size|Guard|expected"):
+        exported.module()(torch.randn(1, 3, 192, 224))
+
+
+def test_onnx_dynamic_size_runs_in_onnxruntime():
+    """ONNX (dynamo exporter) with dynamic height and width, run by onnxruntime against eager. The
+    Newton solve is recorded as repeated squaring (ONNX has no eigendecomposition)."""
+    import onnxruntime as ort  # installed by tools/install.sh (requirements.txt)
+    model = small_soft(num_classes=5)
+    program = torch.onnx.export(model, (torch.randn(2, 3, 128, 192),), dynamo=True, dynamic_shapes=(DYNAMIC,),
+                                input_names=["images"], output_names=["logits"], verbose=False)
+    ops_used = {node.op_type for node in program.model_proto.graph.node}
+    assert "MatMul" in ops_used and not any("eig" in op.lower() for op in ops_used)
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for size in OTHER_SIZES:
+        x = torch.randn(2, 3, *size)
+        (logits,) = session.run(None, {"images": x.numpy()})
+        assert torch.allclose(torch.from_numpy(logits), model(x), rtol=0, atol=1e-5), size
+
+
 def test_torchscript_by_tracing_not_scripting():
     """TorchScript: torch.jit.trace at a fixed size matches eager; torch.jit.script is not supported
     (the Newton solve is a torch.autograd.Function with a closed-form gradient, which TorchScript

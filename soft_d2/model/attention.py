@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from .shapes import known_equal, size_max
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -37,13 +38,17 @@ def bounded_landmark_grid(grid_h: int, grid_w: int, max_landmarks: int) -> tuple
 
 
 def landmark_input_size(height: int, width: int, sr_ratio: int, max_landmarks: int | None) -> tuple[int, int]:
-    """The query-grid size the stride-s landmark convolution is applied to (see ConvLandmarks)."""
+    """The query-grid size the stride-s landmark convolution is applied to (see ConvLandmarks).
+
+    Without a bound this is branch-free in the sizes, so torch.export with dynamic height and width
+    serves every size; the bounded grid is piecewise in the size (and needs a fixed-size export)."""
     s = sr_ratio
-    rows, cols = max(height // s, 1), max(width // s, 1)
-    if max_landmarks is not None and rows * cols > max_landmarks:
-        rows, cols = bounded_landmark_grid(rows, cols, max_landmarks)
-        return rows * s, cols * s
-    return max(height, s), max(width, s)
+    if max_landmarks is not None:
+        rows, cols = max(height // s, 1), max(width // s, 1)
+        if rows * cols > max_landmarks:
+            rows, cols = bounded_landmark_grid(rows, cols, max_landmarks)
+            return rows * s, cols * s
+    return size_max(height, s), size_max(width, s)
 
 
 def landmark_query_grid(q: Tensor, height: int, width: int, sr_ratio: int, max_landmarks: int | None) -> Tensor:
@@ -52,7 +57,7 @@ def landmark_query_grid(q: Tensor, height: int, width: int, sr_ratio: int, max_l
     b, h, n, d = q.shape
     grid = q.reshape(b * h, n, d).transpose(1, 2).reshape(b * h, d, height, width)
     size = landmark_input_size(height, width, sr_ratio, max_landmarks)
-    if size != (height, width):
+    if not known_equal(size, (height, width)):
         # adaptive pooling: averages when shrinking, repeats rows/columns when stretching
         grid = F.adaptive_avg_pool2d(grid, size)
     return grid

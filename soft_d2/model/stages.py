@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import SoftBlock, SoftmaxBlock
+from .shapes import known_equal
 
 
 class ConvBnRelu(nn.Sequential):
@@ -29,7 +30,7 @@ class ConvStem(nn.Sequential):
 
 def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
     """[1, gh*gw, C] embedding of a gh x gw grid, bilinearly resized (align_corners=False) to size."""
-    if tuple(grid) == tuple(size):
+    if known_equal(grid, size):
         return pos_embed
     c = pos_embed.shape[-1]
     g = pos_embed.reshape(1, grid[0], grid[1], c).permute(0, 3, 1, 2)

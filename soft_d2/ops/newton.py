@@ -229,7 +229,8 @@ def newton_solve(a: Tensor, rhs: Tensor, max_iter: int = 20, numerics: str = "re
 
     The form the model uses: the same polynomial of P as the released iteration, evaluated by a
     symmetric eigendecomposition (``solver="eigh"``, the CPU default: cheapest there) or by
-    repeated squaring (``"squaring"``, the GPU default: batched GEMMs), in float64. Closed-form
+    repeated squaring (``"squaring"``, the GPU default: batched GEMMs, and what ONNX export
+    records), in float64. Closed-form
     gradients; returns float32 (float64 for float64 inputs), also under autocast.
     """
     _check(a, numerics, max_iter)
@@ -237,8 +238,8 @@ def newton_solve(a: Tensor, rhs: Tensor, max_iter: int = 20, numerics: str = "re
         raise ValueError(f"newton solver must be one of {NEWTON_SOLVERS}, got {solver!r}")
     if rhs.shape[:-1] != a.shape[:-1]:
         raise ValueError(f"newton_solve: rhs {tuple(rhs.shape)} does not match the matrices {tuple(a.shape)}")
-    if solver == "auto":
-        solver = "squaring" if a.is_cuda else "eigh"
+    if solver == "auto":  # ONNX has no eigendecomposition operator
+        solver = "squaring" if a.is_cuda or torch.onnx.is_in_onnx_export() else "eigh"
     with torch.autocast(a.device.type, enabled=False):
         dtype = torch.promote_types(upcast(a)[0].dtype, upcast(rhs)[0].dtype)
         # Solved in float64 (m x m work, small next to the N x m products): the unconverged
