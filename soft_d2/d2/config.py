@@ -56,6 +56,9 @@ def add_soft_config(cfg: CN) -> CN:
     s.STEM_NORM = "BN"                  # norm of the patch-embedding convs: "BN" | "FrozenBN" | "SyncBN"
     s.GRAD_CHECKPOINT = False           # activation checkpointing per block (memory for compute)
     s.USE_EMA = True                    # released checkpoints: load 'state_dict_ema' when present
+    s.ALLOW_PARTIAL_WEIGHTS = False     # MODEL.WEIGHTS must fill every backbone tensor; True loads what fits (on purpose)
+    s.UNSAFE_UNPICKLE = False           # True: read MODEL.WEIGHTS / resumed checkpoints with full unpickling,
+                                        # which runs any code in the file (UNSAFE: only for files you trust)
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"      # "ADAMW" or "SGD"
     cfg.SOLVER.BETAS = (0.9, 0.999)     # AdamW betas
