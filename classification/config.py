@@ -77,6 +77,8 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "eval": (False, "bool", "only evaluate --eval_checkpoint"),
     "eval_checkpoint": ("", str, "checkpoint to evaluate (released or ours)"),
     "eval_raw_weights": (False, "bool", "evaluate 'state_dict' instead of the EMA weights"),
+    "unsafe_unpickle": (False, "bool", "UNSAFE: read --resume / --eval_checkpoint with full unpickling, which runs any "
+                                       "code the file carries; only for files you trust (default: weights only)"),
     "max_steps": (None, int, "stop each epoch after this many steps (smoke tests)"),
     "tensorboard": (True, "bool", "write TensorBoard scalars (when tensorboard is installed)"),
 }
@@ -178,11 +180,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 def check(cfg: Config) -> None:
     """Values that would only fail later (or silently do the wrong thing) fail here."""
-    from soft_d2.model import VARIANTS
+    from soft_d2.model import check_variant
 
-    if cfg.model not in VARIANTS:
-        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(VARIANTS)}")
     try:
+        check_variant(cfg.model, "model")
         kernel_method(cfg.kernel_method, "kernel_method")
         if cfg.amp not in ("auto", "none"):
             amp_precision(cfg.amp, "amp ('auto', 'none' or a precision)")

@@ -136,7 +136,8 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
 
 # --------------------------------------------------------------------------------------- main
 def run_eval(cfg: Config, model, val_set, rank, world_size, device, dtype, channels_last) -> dict:
-    report = ckpt.load_weights(model, cfg.eval_checkpoint, use_ema=not cfg.eval_raw_weights)
+    report = ckpt.load_weights(model, cfg.eval_checkpoint, use_ema=not cfg.eval_raw_weights,
+                               unsafe_unpickle=cfg.unsafe_unpickle)
     logger.info(f"loaded {cfg.eval_checkpoint} ({'raw' if cfg.eval_raw_weights else 'EMA when present'} weights): "
                 f"{len(report.loaded)} tensors")
     loader = cls_data.eval_loader(cfg, val_set, rank, world_size, device.type == "cuda")
@@ -187,7 +188,7 @@ def main(cfg: Config) -> dict:
 
     start_epoch, num_updates, best = 0, 0, None
     if cfg.resume:
-        state = ckpt.resume(cfg.resume, model, ema, optimizer, scheduler, scaler)
+        state = ckpt.resume(cfg.resume, model, ema, optimizer, scheduler, scaler, unsafe_unpickle=cfg.unsafe_unpickle)
         start_epoch, num_updates, best = state["epoch"], state["num_updates"], state.get("best_metric")
         logger.info(f"resumed {cfg.resume}: {start_epoch} epochs ({num_updates} steps) done, best {best}")
     train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
