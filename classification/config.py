@@ -114,7 +114,10 @@ def _convert(name: str, value: Any) -> Any:
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
         if kind == "json":
-            return json.loads(value) if isinstance(value, str) else dict(value)
+            value = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(value, dict):
+                raise ValueError(f"a JSON object of keyword arguments is needed, not a {type(value).__name__}")
+            return dict(value)
         if isinstance(kind, str) and kind.startswith("list:"):
             item = {"float": float, "int": int}[kind[5:]]
             return [item(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
@@ -194,5 +197,8 @@ def check(cfg: Config) -> None:
     for name in ("batch_size", "epochs", "img_size", "newton_maxiter"):
         if cfg[name] < 1:
             raise ConfigError(f"{name} must be at least 1, got {cfg[name]}")
+    for name in ("drop", "drop_path"):
+        if not 0 <= cfg[name] < 1:
+            raise ConfigError(f"{name} must be a rate in [0, 1), got {cfg[name]}")
     if cfg.eval and not cfg.eval_checkpoint:
         raise ConfigError("--eval needs --eval_checkpoint CKPT (a released checkpoint or one of ours)")

@@ -75,6 +75,16 @@ def test_unknown_model_lists_the_variants_closest_first():
     assert str(err.value).split("valid variants: ")[1].startswith("soft_norm_tiny,")
 
 
+def test_command_line_values_that_would_fail_later_name_the_option(trained, tmp_path):
+    data, _ = trained
+    for overrides, says in ((dict(model_kwargs="[16, 32]"), "option 'model_kwargs'.*JSON object"),
+                            (dict(drop_path=1.5), "drop_path must be a rate in"),
+                            (dict(model_kwargs='{"embed_dim": 16}'), "model_kwargs .*'embed_dim'"),
+                            (dict(model_kwargs=SMALL_MODEL, num_classes=3), "num_classes 3 is smaller than the 7 class folders")):
+        with pytest.raises(ConfigError, match=says):
+            main(config(data, str(tmp_path / "o"), **overrides))
+
+
 def test_failed_best_checkpoint_write_keeps_the_previous_files(tmp_path, monkeypatch):
     out = str(tmp_path)
     ckpt.save({"epoch": 1, "w": torch.ones(3)}, out, is_best=True)

@@ -124,6 +124,33 @@ def test_unknown_variant_names_the_key_and_the_closest_variant():
     assert message.split("valid variants: ")[1].startswith("soft_norm_tiny,")
 
 
+# --------------------------------------------------------------------------------- configs
+def test_config_files_are_plain_yaml(tmp_path):
+    from soft_d2.config import load_config
+
+    marker = str(tmp_path / "MARKER")
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f'_BASE_: "{QUICKSTART_RETINANET}"\nOUTPUT_DIR: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
+    with pytest.raises(ValueError, match=f"config file {evil} .*uses a YAML tag that would construct Python objects"):
+        load_config(str(evil), [])
+    assert not os.path.exists(marker)
+    weights = tmp_path / "weights.pth"
+    torch.save({"a": torch.ones(2)}, weights)
+    not_yaml = tmp_path / "notes.yaml"
+    not_yaml.write_text("just a sentence\n")
+    for path in (weights, not_yaml):
+        with pytest.raises(ValueError, match=f"config file {path} is not a Detectron2 YAML config"):
+            load_config(str(path), [])
+    with pytest.raises(FileNotFoundError, match="config file 'missing.yaml' does not exist"):
+        load_config("missing.yaml", [])
+
+
+@pytest.mark.parametrize("key, value", [("MODEL.SOFT.NEWTON_MAX_ITER", "0"), ("MODEL.SOFT.DROP_PATH_RATE", "1.5")])
+def test_out_of_range_model_values_name_the_key(key, value):
+    with pytest.raises(ValueError, match=f"{re.escape(key)} must be"):
+        quickstart_model(key, value)
+
+
 # ---------------------------------------------------------------------- damaged / unsafe files
 def truncated_copy(path: str, out: str) -> str:
     data = open(path, "rb").read()
