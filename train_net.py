@@ -110,8 +110,12 @@ def main(args):
     prepare_all(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        SoftDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, use_ema=cfg.MODEL.SOFT.USE_EMA).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = SoftDetectionCheckpointer.from_config(cfg, model, save_dir=cfg.OUTPUT_DIR)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            # Detectron2 would evaluate the random initialization
+            raise ValueError("--eval-only needs weights to evaluate: pass MODEL.WEIGHTS path/to/model_final.pth "
+                             "(or --resume with a last_checkpoint in OUTPUT_DIR)")
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -77,6 +77,8 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "eval": (False, "bool", "only evaluate --eval_checkpoint"),
     "eval_checkpoint": ("", str, "checkpoint to evaluate (released or ours)"),
     "eval_raw_weights": (False, "bool", "evaluate 'state_dict' instead of the EMA weights"),
+    "unsafe_unpickle": (False, "bool", "UNSAFE: read --resume / --eval_checkpoint with full unpickling, which runs any "
+                                       "code the file carries; only for files you trust (default: weights only)"),
     "max_steps": (None, int, "stop each epoch after this many steps (smoke tests)"),
     "tensorboard": (True, "bool", "write TensorBoard scalars (when tensorboard is installed)"),
 }
@@ -112,7 +114,10 @@ def _convert(name: str, value: Any) -> Any:
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
         if kind == "json":
-            return json.loads(value) if isinstance(value, str) else dict(value)
+            value = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(value, dict):
+                raise ValueError(f"a JSON object of keyword arguments is needed, not a {type(value).__name__}")
+            return dict(value)
         if isinstance(kind, str) and kind.startswith("list:"):
             item = {"float": float, "int": int}[kind[5:]]
             return [item(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
@@ -178,11 +183,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 def check(cfg: Config) -> None:
     """Values that would only fail later (or silently do the wrong thing) fail here."""
-    from soft_d2.model import VARIANTS
+    from soft_d2.model import check_variant
 
-    if cfg.model not in VARIANTS:
-        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(VARIANTS)}")
     try:
+        check_variant(cfg.model, "model")
         kernel_method(cfg.kernel_method, "kernel_method")
         if cfg.amp not in ("auto", "none"):
             amp_precision(cfg.amp, "amp ('auto', 'none' or a precision)")
@@ -193,5 +197,8 @@ def check(cfg: Config) -> None:
     for name in ("batch_size", "epochs", "img_size", "newton_maxiter"):
         if cfg[name] < 1:
             raise ConfigError(f"{name} must be at least 1, got {cfg[name]}")
+    for name in ("drop", "drop_path"):
+        if not 0 <= cfg[name] < 1:
+            raise ConfigError(f"{name} must be a rate in [0, 1), got {cfg[name]}")
     if cfg.eval and not cfg.eval_checkpoint:
         raise ConfigError("--eval needs --eval_checkpoint CKPT (a released checkpoint or one of ours)")

@@ -45,7 +45,7 @@ import soft_d2  # noqa: F401  (registers the SOFT variants with timm)
 from soft_d2.utils.runtime import amp_dtype, fused_optimizer_options, kernel_method, share_cpu_threads
 from classification import checkpoint as ckpt
 from classification import data as cls_data
-from classification.config import Config, parse_args
+from classification.config import Config, ConfigError, parse_args
 from classification.engine import SkipCounter, all_reduce_sum, evaluate, train_one_epoch
 
 logger = logging.getLogger("classification")
@@ -122,9 +122,15 @@ def tensorboard_writer(output: str):
 
 
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
-    return timm.create_model(
-        cfg.model, num_classes=num_classes, drop_rate=cfg.drop, drop_path_rate=cfg.drop_path,
-        newton_max_iter=cfg.newton_maxiter, kernel_method=kernel_method(cfg.kernel_method, "kernel_method"), **cfg.model_kwargs)
+    try:
+        return timm.create_model(
+            cfg.model, num_classes=num_classes, drop_rate=cfg.drop, drop_path_rate=cfg.drop_path,
+            newton_max_iter=cfg.newton_maxiter, kernel_method=kernel_method(cfg.kernel_method, "kernel_method"),
+            **cfg.model_kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ConfigError(f"model_kwargs {cfg.model_kwargs}: {err}") from None
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -136,7 +142,8 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
 
 # --------------------------------------------------------------------------------------- main
 def run_eval(cfg: Config, model, val_set, rank, world_size, device, dtype, channels_last) -> dict:
-    report = ckpt.load_weights(model, cfg.eval_checkpoint, use_ema=not cfg.eval_raw_weights)
+    report = ckpt.load_weights(model, cfg.eval_checkpoint, use_ema=not cfg.eval_raw_weights,
+                               unsafe_unpickle=cfg.unsafe_unpickle)
     logger.info(f"loaded {cfg.eval_checkpoint} ({'raw' if cfg.eval_raw_weights else 'EMA when present'} weights): "
                 f"{len(report.loaded)} tensors")
     loader = cls_data.eval_loader(cfg, val_set, rank, world_size, device.type == "cuda")
@@ -158,6 +165,8 @@ def main(cfg: Config) -> dict:
     root = cls_data.resolve_data_root(cfg.data)
     train_set, val_set = cls_data.build_datasets(cfg, root, train=not cfg.eval)
     num_classes = cfg.num_classes or len(val_set.classes)
+    if num_classes < len(val_set.classes):  # labels past the head would fail deep inside the loss
+        raise ConfigError(f"num_classes {num_classes} is smaller than the {len(val_set.classes)} class folders of {root}")
     seed_all(cfg.seed)  # the same initial weights on every process
     model = build_model(cfg, num_classes).to(device)
     channels_last = use_channels_last(cfg, device)
@@ -187,7 +196,7 @@ def main(cfg: Config) -> dict:
 
     start_epoch, num_updates, best = 0, 0, None
     if cfg.resume:
-        state = ckpt.resume(cfg.resume, model, ema, optimizer, scheduler, scaler)
+        state = ckpt.resume(cfg.resume, model, ema, optimizer, scheduler, scaler, unsafe_unpickle=cfg.unsafe_unpickle)
         start_epoch, num_updates, best = state["epoch"], state["num_updates"], state.get("best_metric")
         logger.info(f"resumed {cfg.resume}: {start_epoch} epochs ({num_updates} steps) done, best {best}")
     train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \

@@ -7,7 +7,10 @@ Importing this module imports both task packages, which registers their heads an
 """
 from __future__ import annotations
 
+import os
+
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 
 from .d2.config import add_soft_config
@@ -24,13 +27,28 @@ def compose_config(cfg: CfgNode | None = None) -> CfgNode:
     return cfg
 
 
+def merge_config_file(cfg: CfgNode, config_file: str) -> None:
+    """``cfg.merge_from_file`` with plain YAML only: Detectron2's default would also accept tags such as
+    ``!!python/object/apply``, which run code while the file is read."""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as err:
+        raise ValueError(f"config file {config_file} (or a _BASE_ it names) uses a YAML tag that would construct Python "
+                         f"objects ({err.problem}); configs are plain YAML: KEY: value") from None
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError, TypeError) as err:  # not YAML, or not a mapping
+        raise ValueError(f"config file {config_file} is not a Detectron2 YAML config (a mapping of KEY: value): "
+                         f"{type(err).__name__}: {' '.join(str(err).split())[:300]}") from None
+
+
 def load_config(config_file: str, opts: list) -> CfgNode:
     """All keys, then the YAML file and KEY VALUE overrides; frozen.
 
     A config asking for CUDA on a machine without it runs on the CPU instead (same recipe).
     """
     cfg = compose_config()
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.merge_from_list(opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"

@@ -64,7 +64,7 @@ def test_config_spellings_precedence_and_errors(tmp_path):
     path.write_text("learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown option 'learning_rate'.*Valid options: .*\blr\b"):
         resolve(str(path))
-    with pytest.raises(ConfigError, match="unknown model 'soft_tinny'; choose one of soft_tiny"):
+    with pytest.raises(ConfigError, match=r"model 'soft_tinny' is not a SOFT variant \(did you mean 'soft_tiny'\?\)"):
         resolve(None, {"model": "soft_tinny"})
     with pytest.raises(ConfigError, match="kernel_method"):
         resolve(None, {"kernel_method": "gpu"})

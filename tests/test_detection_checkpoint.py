@@ -39,7 +39,7 @@ def test_release_checkpoint_through_model_weights_maps_every_backbone_weight(con
         assert torch.equal(value, ours[key]), key  # every backbone tensor, EMA weights preferred
     assert "head.weight" not in loaded
     report = " ".join(r.getMessage() for r in caplog.records)
-    assert f"{len(loaded)} backbone tensors loaded" in report and "head" in report
+    assert f"{len(loaded)} of {len(loaded)} backbone tensors" in report and "head" in report
 
 
 def test_mismatched_variant_is_refused(tmp_path):

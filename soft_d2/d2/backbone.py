@@ -17,7 +17,7 @@ from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from ..model import create_soft
+from ..model import check_variant, create_soft
 from .config import soft_model_kwargs
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -114,7 +114,7 @@ class SoftBackbone(Backbone):
 def soft_backbone_from_cfg(cfg, out_features) -> SoftBackbone:
     """SoftBackbone for MODEL.SOFT and MODEL.BACKBONE.FREEZE_AT, returning ``out_features``."""
     s = cfg.MODEL.SOFT
-    return SoftBackbone(s.VARIANT, out_features=out_features, stem_norm=s.STEM_NORM,
+    return SoftBackbone(check_variant(s.VARIANT, "MODEL.SOFT.VARIANT"), out_features=out_features, stem_norm=s.STEM_NORM,
                         grad_checkpoint=s.GRAD_CHECKPOINT, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
                         **soft_model_kwargs(cfg))
 

@@ -56,6 +56,9 @@ def add_soft_config(cfg: CN) -> CN:
     s.STEM_NORM = "BN"                  # norm of the patch-embedding convs: "BN" | "FrozenBN" | "SyncBN"
     s.GRAD_CHECKPOINT = False           # activation checkpointing per block (memory for compute)
     s.USE_EMA = True                    # released checkpoints: load 'state_dict_ema' when present
+    s.ALLOW_PARTIAL_WEIGHTS = False     # MODEL.WEIGHTS must fill every backbone tensor; True loads what fits (on purpose)
+    s.UNSAFE_UNPICKLE = False           # True: read MODEL.WEIGHTS / resumed checkpoints with full unpickling,
+                                        # which runs any code in the file (UNSAFE: only for files you trust)
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"      # "ADAMW" or "SGD"
     cfg.SOLVER.BETAS = (0.9, 0.999)     # AdamW betas
@@ -80,6 +83,14 @@ def soft_model_kwargs(cfg: CN) -> dict:
         if value == "" or (isinstance(value, (list, tuple)) and len(value) == 0):
             continue
         kwargs[arg] = tuple(value) if isinstance(value, (list, tuple)) else value
+    s = cfg.MODEL.SOFT
+    if isinstance(s.NEWTON_MAX_ITER, bool) or not isinstance(s.NEWTON_MAX_ITER, int) or s.NEWTON_MAX_ITER < 1:
+        # 0 steps would leave the landmark inverse at its starting guess
+        raise ValueError(f"MODEL.SOFT.NEWTON_MAX_ITER must be an int of at least 1 (the releases use 20), "
+                         f"got {s.NEWTON_MAX_ITER!r}")
+    for key in ("DROP_PATH_RATE", "DROP_RATE"):
+        if isinstance(s[key], bool) or not isinstance(s[key], (int, float)) or not 0 <= s[key] < 1:
+            raise ValueError(f"MODEL.SOFT.{key} must be a rate in [0, 1), got {s[key]!r}")
     bound = cfg.MODEL.SOFT.MAX_LANDMARKS
     if bound is None or not is_landmark_bound(bound):
         raise ValueError(f"MODEL.SOFT.MAX_LANDMARKS must be a non-negative int (landmarks per SOFT block; 0 = "

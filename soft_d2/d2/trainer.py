@@ -75,6 +75,6 @@ class SoftTrainer(DefaultTrainer):
 
     def build_hooks(self):
         # Before the hooks take the checkpointer: ours loads SOFT ImageNet checkpoints and writes atomically.
-        self.checkpointer = SoftDetectionCheckpointer(self.model, self.cfg.OUTPUT_DIR, use_ema=self.cfg.MODEL.SOFT.USE_EMA,
-                                                      trainer=weakref.proxy(self))
+        self.checkpointer = SoftDetectionCheckpointer.from_config(self.cfg, self.model, self.cfg.OUTPUT_DIR,
+                                                                  trainer=weakref.proxy(self))
         return super().build_hooks()

@@ -35,7 +35,11 @@ class Predictor:
 
 def draw_predictions(predictor: Predictor, path: str, metadata, threshold: float) -> np.ndarray:
     """RGB picture of one image file with its predictions above ``threshold``."""
-    image = read_image(path, format=predictor.format)
+    return draw_image_predictions(predictor, read_image(path, format=predictor.format), metadata, threshold)
+
+
+def draw_image_predictions(predictor: Predictor, image: np.ndarray, metadata, threshold: float) -> np.ndarray:
+    """RGB picture of an image (in the predictor's INPUT.FORMAT) with its predictions above ``threshold``."""
     instances = predictor(image)
     instances = instances[instances.scores >= threshold]
     rgb = image[:, :, ::-1] if predictor.format == "BGR" else image

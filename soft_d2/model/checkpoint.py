@@ -13,6 +13,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .checkpoint_file import read_torch_file
+
 # (release template, our template). {S}: 1-based stage of the release, {s}: our 0-based stage,
 # {j}: block index, {p}: parameter/buffer name. Stage-4 rows come first: in our names a stage-4
 # block and a SOFT block differ only by what follows "blocks.{j}.".
@@ -74,17 +76,23 @@ def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str | None:
     return None
 
 
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the model; its message lists every offending key."""
+
+
 def is_official_state_dict(state_dict: Mapping[str, Any]) -> bool:
     """True for the release's key layout (``block1.*``, ``patch_embed1.*``, ``pos_embed1``)."""
     return any(k.startswith(("block1.", "patch_embed1.", "pos_embed1")) for k in state_dict)
 
 
-def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = True) -> dict[str, Any]:
+def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = True,
+                      source: str = "<state dict>") -> dict[str, Any]:
     """The model weights of a training checkpoint: 'state_dict_ema' (preferred, as the release
     evaluates EMA weights; ``use_ema=False`` takes the raw ones), 'state_dict' or 'model', else
     the mapping itself; a 'module.' prefix (DDP) is removed."""
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"a checkpoint must be a dict of tensors or a training checkpoint dict, got {type(checkpoint).__name__}")
+        raise CheckpointMismatchError(f"checkpoint {source} holds a {type(checkpoint).__name__}, not a dict of tensors "
+                                      "or a training checkpoint dict")
     wrappers = (["state_dict_ema"] if use_ema else []) + ["state_dict", "model"]
     for key in wrappers:
         inner = checkpoint.get(key)
@@ -94,14 +102,15 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = True) -> di
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in checkpoint.items()}
 
 
-def convert_official_state_dict(state_dict: Mapping[str, Any], use_ema: bool = True) -> dict[str, Any]:
+def convert_official_state_dict(state_dict: Mapping[str, Any], use_ema: bool = True,
+                                source: str = "<state dict>") -> dict[str, Any]:
     """Map a released SOFT state dict (or training checkpoint) to our parameter names.
 
     Accepts a bare state dict or one wrapped in 'state_dict' / 'state_dict_ema' / 'model', with or
     without a 'module.' prefix. Keys already in our layout pass through; keys the release does
     not have are kept unchanged (the loader reports them).
     """
-    state_dict = unwrap_state_dict(state_dict, use_ema=use_ema)
+    state_dict = unwrap_state_dict(state_dict, use_ema=use_ema, source=source)
     if not is_official_state_dict(state_dict):
         return dict(state_dict)
     return {(_rename(k, _TO_OURS) or k): v for k, v in state_dict.items()}
@@ -115,10 +124,6 @@ def to_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
     """timm's pretrained filter: unwrap and convert a released (or our) checkpoint."""
     return convert_official_state_dict(state_dict)
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not fit the model; its message lists every offending key."""
 
 
 @dataclass
@@ -159,6 +164,8 @@ def compare_state_dicts(model: nn.Module, state_dict: Mapping[str, Tensor],
             report.skipped.append(key)
         elif key not in expected:
             report.unexpected.append(key)
+        elif not isinstance(value, Tensor):
+            report.mismatched.append((key, type(value).__name__, tuple(expected[key].shape)))
         elif tuple(value.shape) != tuple(expected[key].shape):
             report.mismatched.append((key, tuple(value.shape), tuple(expected[key].shape)))
         else:
@@ -167,15 +174,16 @@ def compare_state_dicts(model: nn.Module, state_dict: Mapping[str, Tensor],
     return report
 
 
-def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {os.fspath(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # Release checkpoints carry an argparse Namespace under 'args'; allow it from files the
-        # user pointed us at explicitly.
-        return torch.load(path, map_location="cpu", weights_only=False)
+def read_checkpoint(path: str | os.PathLike, *, unsafe_unpickle: bool = False,
+                    opt_in: str = "unsafe_unpickle=True") -> Any:
+    """The contents of a checkpoint file, built with ``torch.load(weights_only=True)``: tensors, plain
+    containers and the few extra types released checkpoints hold (checkpoint_file.SAFE_GLOBALS).
+
+    A file needing anything else raises UnsafeCheckpointError naming the type; ``unsafe_unpickle=True``
+    unpickles it in full, which runs any code it carries (only for files you trust). A missing, empty,
+    truncated or foreign file raises CheckpointFileError (FileNotFoundError if absent) naming it.
+    """
+    return read_torch_file(path, unsafe_unpickle=unsafe_unpickle, opt_in=opt_in)
 
 
 def load_checkpoint(
@@ -185,6 +193,8 @@ def load_checkpoint(
     use_ema: bool = True,
     strict: bool = True,
     exclude: Sequence[str] = (),
+    unsafe_unpickle: bool = False,
+    opt_in: str = "unsafe_unpickle=True",
 ) -> LoadReport:
     """Load a released or our own checkpoint (file or dict) into ``model``.
 
@@ -192,11 +202,12 @@ def load_checkpoint(
     a CheckpointMismatchError lists the missing, unexpected and mis-shaped keys. With
     ``strict=False`` the fitting tensors are loaded and the report says what was not.
     ``exclude`` names key prefixes to leave out on purpose (e.g. ``("head.",)`` for a new head).
+    Files are read by ``read_checkpoint`` (``unsafe_unpickle`` and ``opt_in`` as there: only for trusted files).
     """
     source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = read_checkpoint(checkpoint)
-    state_dict = convert_official_state_dict(checkpoint, use_ema=use_ema)
+        checkpoint = read_checkpoint(checkpoint, unsafe_unpickle=unsafe_unpickle, opt_in=opt_in)
+    state_dict = convert_official_state_dict(checkpoint, use_ema=use_ema, source=source)
     report = compare_state_dicts(model, state_dict, exclude)
     if strict and not report.complete:
         raise CheckpointMismatchError(

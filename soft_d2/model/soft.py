@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .blocks import SoftBlock, SoftmaxBlock
 from .checkpoint import checkpoint_filter_fn
 from .stages import ConvBnRelu, ConvStem, SoftmaxStage, SoftStage, join_class_token, map_to_tokens, tokens_to_map
-from .variants import VARIANTS
+from .variants import VARIANTS, check_variant
 
 NUM_STAGES = 4
 
@@ -340,6 +340,7 @@ default_cfgs = generate_default_cfgs({
 
 def create_soft(variant: str, pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
     """Build a variant; keyword arguments override its hyper-parameters (custom sizes too)."""
+    check_variant(variant)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
         SoftVisionTransformer,
