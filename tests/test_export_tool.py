@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def export_tool():
     spec = importlib.util.spec_from_file_location("export_model", ROOT / "tools" / "export_model.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as when run as a script: its dataclass resolves names through it
     spec.loader.exec_module(module)
     return module
 
@@ -30,3 +32,48 @@ def test_classifier_exports_with_dynamic_size(tmp_path, capsys):
 def test_tool_refuses_a_dynamic_size_below_its_minimum(tmp_path):
     with pytest.raises(SystemExit):
         export_tool().main(["--variant", "soft_norm_tiny", "--size", "32x64", "--output", str(tmp_path)])
+
+
+DETECTION = ROOT / "configs" / "quickstart"
+EVERY_DETECTION = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+
+
+def test_whole_mask_rcnn_exports_with_dynamic_size_to_torch_and_onnx(tmp_path, capsys):
+    """The built-in validation images (three sizes and a transposed one) through torch.export and
+    onnxruntime, compared with eager; untrained weights with no score threshold give 100 objects."""
+    tool = export_tool()
+    assert tool.main(["--config-file", str(DETECTION / "mask_rcnn_soft_norm_tiny_shapes.yaml"), "--output",
+                      str(tmp_path), "MODEL.SOFT.MAX_LANDMARKS", "0", *EVERY_DETECTION]) == 0
+    report = capsys.readouterr().out
+    assert report.count("vs the Detectron2 model (eager): 100 objects") == 4
+    for runtime in ("torch.export dynamic height/width", "ONNX (onnxruntime) dynamic height/width"):
+        assert report.count(f"{runtime} -> ") == 4 and "masks" in report
+    assert report.count(": 100 objects, max |diff|") == 12
+    program = torch.export.load(tmp_path / "model.pt2").module()
+    torch.manual_seed(0)
+    boxes, scores, classes, masks = program(torch.rand(3, 224, 416) * 255, torch.tensor([200, 400]))
+    assert boxes.shape[1] == 4 and masks.shape[1:] == (1, 28, 28)
+    assert float(boxes[:, 2].max()) <= 400 and float(boxes[:, 3].max()) <= 200  # clipped to image_size
+
+
+def test_retinanet_with_bounded_landmarks_exports_at_its_size_only(tmp_path, capsys):
+    tool = export_tool()
+    assert tool.main(["--config-file", str(DETECTION / "retinanet_soft_norm_tiny_shapes.yaml"), "--format", "torch",
+                      "--output", str(tmp_path), *EVERY_DETECTION]) == 0
+    report = capsys.readouterr().out
+    assert "(bounded landmarks)" in report and "vs the Detectron2 model (eager): 100 objects" in report
+    program = torch.export.load(tmp_path / "model.pt2").module()
+    size = [int(s) for s in report.split("fixed ")[1].split(" ")[0].split("x")]
+    out = program(torch.rand(3, *size) * 255, torch.tensor(size))
+    assert out[0].shape[0] > 0
+    with pytest.raises(Exception):  # another size is outside the program
+        program(torch.rand(3, size[0] + 32, size[1]) * 255, torch.tensor(size))
+
+
+def test_detector_export_refuses_size_and_segmentation_configs(tmp_path):
+    tool = export_tool()
+    with pytest.raises(SystemExit, match="2"):
+        tool.main(["--config-file", str(DETECTION / "retinanet_soft_norm_tiny_shapes.yaml"), "--size", "320x320",
+                   "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="2"):  # a semantic segmentor: only its backbone exports
+        tool.main(["--config-file", str(DETECTION / "upernet_soft_norm_tiny_shapes.yaml"), "--output", str(tmp_path)])

@@ -1,18 +1,25 @@
-"""Export a SOFT classifier or a config's backbone (SOFT + FPN) to torch.export and ONNX, then run
-the exported model and compare it with eager PyTorch.
+"""Export a SOFT classifier, a whole SOFT detector (RetinaNet, Mask R-CNN) or a config's backbone
+(SOFT + FPN) to torch.export and ONNX, then run the exported model and compare it with eager PyTorch.
 
     python tools/export_model.py --variant soft_norm_tiny --format torch onnx --output export/
     python tools/export_model.py --config-file configs/quickstart/retinanet_soft_norm_tiny_shapes.yaml \\
         --format torch onnx --output export/ MODEL.WEIGHTS output/model_final.pth
+    python tools/export_model.py --config-file ... --backbone-only --output export/
 
-Height and width are dynamic (one program for every size from 64 pixels per side) when the landmarks
-are faithful (``--max-landmarks 0``, ``MODEL.SOFT.MAX_LANDMARKS 0``); with bounded landmarks the
-landmark grid is piecewise in the image size, so the program is exported for ``--size`` and
-refuses other sizes. Both export the pure-PyTorch path (the compiled engine has no ONNX
-translation); ONNX records the Newton solve as repeated squaring (no eigendecomposition in ONNX).
-Outputs: ``model.pt2`` (torch.export.save) and ``model.onnx``; the check prints the largest
-difference from eager at the export size and, for dynamic exports, at other sizes, and fails above
---tolerance.
+Height and width are dynamic (one program for every size) when the landmarks are faithful
+(``--max-landmarks 0``, ``MODEL.SOFT.MAX_LANDMARKS 0``); with bounded landmarks the landmark grid
+is piecewise in the image size, so the program is exported for one size and refuses others. A
+detector takes ``(image [3, H', W'], image_size int64 [2])``: the image (the config's
+INPUT.FORMAT, 0..255, already resized for testing) padded at the bottom and right to a multiple
+of 32 (the FPN's size divisibility), and the size of the image inside the padding; it returns
+``boxes, scores, classes`` (+ ``masks``, the 28x28 probabilities of the predicted class, for
+Mask R-CNN), as soft_d2.d2.export.ExportableDetector describes. Detectors are checked on the
+config's built-in validation images (DATASETS.TEST), classifiers and backbones on random inputs.
+Everything exports the pure-PyTorch path (the compiled engine has no ONNX translation); ONNX
+records the Newton solve as repeated squaring (no eigendecomposition in ONNX). Outputs:
+``model.pt2`` (torch.export.save) and ``model.onnx``; the check prints the largest difference
+from eager per input and fails above --tolerance (boxes: --tolerance times the image's longer
+side, in pixels) or when an exported detector finds another number of objects.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -32,6 +40,10 @@ import soft_d2
 
 MIN_DYNAMIC_SIDE = 64  # every landmark grid has >= 2 cells per side from here on (sizes of 1 specialise)
 MAX_DYNAMIC_SIDE = 4096
+# detectors: padded sides in blocks of the FPN's size divisibility; from 5 blocks (160 px) on,
+# the coarsest level (stride 128) has >= 2 cells per side
+MIN_DETECTOR_BLOCKS = 5
+NUM_CHECK_IMAGES = 3
 
 
 class FeatureList(nn.Module):
@@ -48,36 +60,133 @@ class FeatureList(nn.Module):
         return tuple(features[n] for n in self.names)
 
 
-def classifier(args) -> tuple[nn.Module, list[str], bool]:
+@dataclass
+class Export:
+    """What to export and how to check it: the module, its example inputs, the inputs it is
+    compared with eager on (label -> arguments), dynamic dimensions and I/O names."""
+    model: nn.Module
+    example: tuple[Tensor, ...]
+    checks: dict[str, tuple[Tensor, ...]]
+    dynamic_shapes: tuple | None
+    input_names: list[str]
+    output_names: list[str]
+    kind: str
+    detector: bool = False
+
+
+def image_dims(dynamic: bool, first: int = 2):
+    """Height and width of an image input as export dimensions (None: a fixed-size export)."""
+    if not dynamic:
+        return None
+    return {first: torch.export.Dim("height", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE),
+            first + 1: torch.export.Dim("width", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE)}
+
+
+def random_checks(size: tuple[int, int], dynamic: bool) -> dict[str, tuple[Tensor, ...]]:
+    h, w = size
+    sizes = [size] + ([(w, h), (h + 37, w + 21)] if dynamic else [])
+    torch.manual_seed(0)
+    return {f"{a}x{b}": (torch.randn(1, 3, a, b),) for a, b in sizes}
+
+
+def size_kind(dynamic: bool, size: tuple[int, int]) -> str:
+    return "dynamic height/width" if dynamic else f"fixed {size[0]}x{size[1]} (bounded landmarks)"
+
+
+def classifier_export(args, parser) -> Export:
     model = timm.create_model(args.variant, kernel_method="torch", max_landmarks=args.max_landmarks or None)
     if args.weights:
         report = soft_d2.load_checkpoint(model, args.weights)
         print(f"[export] weights: {args.weights}: {report}")
-    return model.eval(), ["logits"], not args.max_landmarks
+    return tensor_export(model.eval(), ["logits"], not args.max_landmarks, args.size or (224, 224), parser)
 
 
-def config_backbone(args) -> tuple[nn.Module, list[str], bool]:
+def tensor_export(model: nn.Module, output_names: list[str], dynamic: bool, size, parser) -> Export:
+    if dynamic and min(size) < MIN_DYNAMIC_SIDE:
+        parser.error(f"--size {size[0]}x{size[1]}: a dynamic export needs at least {MIN_DYNAMIC_SIDE} pixels per side")
+    checks = random_checks(size, dynamic)
+    return Export(model, next(iter(checks.values())), checks, (image_dims(dynamic),), ["images"], output_names,
+                  size_kind(dynamic, size))
+
+
+def load_detectron2_model(args):
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_backbone
+    from detectron2.modeling import build_model
 
     cfg = soft_d2.load_config(args.config_file, list(args.opts) + ["MODEL.SOFT.KERNEL_METHOD", "torch",
                                                                   "MODEL.DEVICE", "cpu"])
-    backbone = build_backbone(cfg)
+    model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        # the detector's checkpoint holds the backbone under "backbone.": load it into a model shell
-        shell = nn.Module()
-        shell.backbone = backbone
-        DetectionCheckpointer(shell).load(cfg.MODEL.WEIGHTS)
-    wrapped = FeatureList(backbone).eval()
-    return wrapped, wrapped.names, not cfg.MODEL.SOFT.MAX_LANDMARKS
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return cfg, model
 
 
-def dynamic_shapes(dynamic: bool):
-    """Height and width of the one image input as export dimensions (None: a fixed-size export)."""
-    if not dynamic:
-        return None
-    return ({2: torch.export.Dim("height", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE),
-             3: torch.export.Dim("width", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE)},)
+def validation_images(cfg) -> dict[str, Tensor]:
+    """The first validation images of DATASETS.TEST, read and resized as the evaluator does."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+
+    name = cfg.DATASETS.TEST[0]
+    from soft_d2.d2 import prepare_dataset
+
+    prepare_dataset(name)
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    images = {}
+    for record in DatasetCatalog.get(name)[:NUM_CHECK_IMAGES]:
+        image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+        resized = resize.get_transform(image).apply_image(image)
+        images[os.path.basename(record["file_name"])] = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+    return images
+
+
+def detector_export(args, parser) -> Export:
+    from soft_d2.d2.export import ExportableDetector
+
+    if args.size:
+        parser.error("--size is for classifiers and backbones: a detector is exported and checked on the "
+                     "config's validation images (DATASETS.TEST), resized by INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST")
+    cfg, model = load_detectron2_model(args)
+    try:
+        detector = ExportableDetector(model)
+    except (TypeError, ValueError) as error:
+        parser.error(f"{args.config_file}: {error}; --backbone-only exports its backbone")
+    dynamic = not cfg.MODEL.SOFT.MAX_LANDMARKS
+    images = validation_images(cfg)
+    first = next(iter(images))
+    images[f"{first} transposed"] = images[first].transpose(1, 2).contiguous()
+    checks = {label: detector.pad(image) for label, image in images.items()}
+    example = checks[first]
+    if not dynamic:  # a fixed-size program runs only on images padded to the example's size
+        checks = {label: a for label, a in checks.items() if a[0].shape == example[0].shape}
+    d = max(1, model.backbone.size_divisibility)
+    blocks = lambda name: torch.export.Dim(name, min=MIN_DETECTOR_BLOCKS, max=MAX_DYNAMIC_SIDE // d)
+    dims = ({1: d * blocks("height_blocks"), 2: d * blocks("width_blocks")}, None) if dynamic else None
+    if dynamic and min(example[0].shape[1:]) < d * MIN_DETECTOR_BLOCKS:
+        parser.error(f"a dynamic detector export needs images of at least {d * MIN_DETECTOR_BLOCKS} pixels per side "
+                     f"after INPUT.MIN_SIZE_TEST resizing; {first} is {tuple(example[0].shape[1:])} padded")
+    for label, inputs in checks.items():  # the module exported computes what the Detectron2 model does
+        instances = model([{"image": images[label]}])[0]["instances"]
+        reference = (instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
+        diff = detection_difference(detector(*inputs)[:3], reference, image_side(inputs))
+        print(f"[export] {label}: ExportableDetector vs the Detectron2 model (eager): {len(instances)} objects, "
+              f"max |diff| {format_difference(diff)}")
+        if max(diff.values(), default=0.0) > args.tolerance:
+            raise SystemExit(f"[export] FAILED: ExportableDetector differs from the Detectron2 model on {label}: {diff}")
+    h, w = example[0].shape[1:]
+    return Export(detector, example, checks, dims, ["image", "image_size"], detector.output_names,
+                  size_kind(dynamic, (h, w)), detector=True)
+
+
+def backbone_export(args, parser) -> Export:
+    cfg, model = load_detectron2_model(args)
+    wrapped = FeatureList(model.backbone).eval()
+    return tensor_export(wrapped, wrapped.names, not cfg.MODEL.SOFT.MAX_LANDMARKS, args.size or (320, 480), parser)
+
+
+def image_side(inputs: tuple[Tensor, ...]) -> float:
+    """The longer side of a detector input's image (its image_size), for boxes in relative units."""
+    return float(inputs[1].max())
 
 
 def as_tuple(out) -> tuple[Tensor, ...]:
@@ -88,9 +197,34 @@ def max_difference(a, b) -> float:
     return max(float((torch.as_tensor(x) - torch.as_tensor(y)).abs().max()) for x, y in zip(as_tuple(a), as_tuple(b)))
 
 
-def check_sizes(size: tuple[int, int], dynamic: bool) -> list[tuple[int, int]]:
-    h, w = size
-    return [size] + ([(w, h), (h + 37, w + 21)] if dynamic else [])
+def detection_difference(a, b, side: float) -> dict[str, float]:
+    """Largest differences per output (boxes relative to the image's longer side); inf when the
+    number of objects or a class differs."""
+    if a[0].shape[0] != b[0].shape[0]:
+        return {"objects": float("inf")}
+    if a[0].shape[0] == 0:
+        return {}
+    diff = {"boxes": float((a[0] - b[0]).abs().max()) / side, "scores": float((a[1] - b[1]).abs().max()),
+            "classes": 0.0 if torch.equal(a[2].long(), b[2].long()) else float("inf")}
+    if len(a) > 3:
+        diff["masks"] = float((a[3] - b[3]).abs().max())
+    return diff
+
+
+def format_difference(diff: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2e}" for k, v in diff.items()) or "no objects"
+
+
+def compare(export: Export, out, eager, label: str, runtime: str, path: Path) -> float:
+    if export.detector:
+        diff = detection_difference(as_tuple(out), as_tuple(eager), image_side(export.checks[label]))
+        worst = max(diff.values(), default=0.0)
+        print(f"[export] {runtime} {export.kind} -> {path}: {label}: {len(as_tuple(out)[0])} objects, "
+              f"max |diff| {format_difference(diff)}")
+        return worst
+    diff = max_difference(out, eager)
+    print(f"[export] {runtime} {export.kind} -> {path}: {label} max |diff| {diff:.2e}")
+    return diff
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -106,54 +240,53 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--variant", choices=sorted(soft_d2.VARIANTS), help="a timm SOFT classifier")
-    source.add_argument("--config-file", help="a soft-d2 Detectron2 config: its backbone (SOFT + FPN)")
+    source.add_argument("--config-file", help="a soft-d2 Detectron2 config: the whole detector (RetinaNet, "
+                        "Mask R-CNN), or its backbone with --backbone-only")
+    parser.add_argument("--backbone-only", action="store_true", help="export the config's backbone (SOFT + FPN)")
     parser.add_argument("--weights", help="classifier checkpoint (ours or the release's); configs use MODEL.WEIGHTS")
     parser.add_argument("--max-landmarks", type=int, default=0, help="classifier landmark bound (0: faithful)")
     parser.add_argument("--format", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"])
-    parser.add_argument("--size", type=parse_size, default=None, help="HxW of the example input "
-                        "(default 224x224 for a classifier, 320x480 for a backbone)")
+    parser.add_argument("--size", type=parse_size, default=None, help="HxW of the example input of a classifier "
+                        "(default 224x224) or backbone (default 320x480)")
     parser.add_argument("--output", type=Path, required=True, help="folder for model.pt2 / model.onnx")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted difference from eager")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.opts and not args.config_file:
         parser.error(f"config overrides {args.opts} need --config-file")
+    if args.backbone_only and not args.config_file:
+        parser.error("--backbone-only needs --config-file")
 
-    model, output_names, dynamic = config_backbone(args) if args.config_file else classifier(args)
-    size = args.size or ((320, 480) if args.config_file else (224, 224))
-    if dynamic and min(size) < MIN_DYNAMIC_SIDE:
-        parser.error(f"--size {size[0]}x{size[1]}: a dynamic export needs at least {MIN_DYNAMIC_SIDE} pixels per side")
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, *size)
+    if not args.config_file:
+        export = classifier_export(args, parser)
+    else:
+        export = (backbone_export if args.backbone_only else detector_export)(args, parser)
     args.output.mkdir(parents=True, exist_ok=True)
-    kind = "dynamic height/width" if dynamic else f"fixed {size[0]}x{size[1]} (bounded landmarks)"
+    eager = {label: export.model(*a) for label, a in export.checks.items()}
     worst = 0.0
-    inputs = {s: torch.randn(1, 3, *s) for s in check_sizes(size, dynamic)}
-    eager = {s: model(t) for s, t in inputs.items()}
 
     if "torch" in args.format:
-        program = torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes(dynamic))
+        program = torch.export.export(export.model, export.example, dynamic_shapes=export.dynamic_shapes,
+                                      strict=False)
         path = args.output / "model.pt2"
         torch.export.save(program, path)
         loaded = torch.export.load(path).module()
-        for s, t in inputs.items():
-            diff = max_difference(loaded(t), eager[s])
-            worst = max(worst, diff)
-            print(f"[export] torch.export {kind} -> {path}: {s[0]}x{s[1]} max |diff| {diff:.2e}")
+        for label, a in export.checks.items():
+            worst = max(worst, compare(export, loaded(*a), eager[label], label, "torch.export", path))
 
     if "onnx" in args.format:
         import onnxruntime
 
         path = args.output / "model.onnx"
-        onnx_program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic_shapes(dynamic),
-                                         input_names=["images"],
-                                         output_names=output_names, verbose=False)
+        onnx_program = torch.onnx.export(export.model, export.example, dynamo=True,
+                                         dynamic_shapes=export.dynamic_shapes, input_names=export.input_names,
+                                         output_names=export.output_names, verbose=False)
         onnx_program.save(str(path))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for s, t in inputs.items():
-            diff = max_difference([torch.from_numpy(o) for o in session.run(None, {"images": t.numpy()})], eager[s])
-            worst = max(worst, diff)
-            print(f"[export] ONNX {kind} -> {path}: {s[0]}x{s[1]} max |diff| {diff:.2e} (onnxruntime)")
+        for label, a in export.checks.items():
+            feeds = {name: t.numpy() for name, t in zip(export.input_names, a)}
+            out = [torch.from_numpy(o) for o in session.run(None, feeds)]
+            worst = max(worst, compare(export, out, eager[label], label, "ONNX (onnxruntime)", path))
 
     if worst > args.tolerance:
         print(f"[export] FAILED: an exported model differs from eager by {worst:.2e} > --tolerance {args.tolerance}",
