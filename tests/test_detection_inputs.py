@@ -101,6 +101,19 @@ def test_partial_weights_load_only_on_request_in_one_line(foreign, caplog):
         and "ALLOW_PARTIAL_WEIGHTS is set" in warnings[0], warnings
 
 
+def test_a_folder_as_model_weights_is_named(small_data, tmp_path):
+    folder = str(tmp_path / "run")
+    SoftDetectionCheckpointer(quickstart_model(), folder).save("model_final")
+    with pytest.raises(CheckpointFileError) as err:
+        SoftDetectionCheckpointer(quickstart_model()).load(folder)
+    assert str(err.value) == (f"checkpoint {folder!r} (MODEL.WEIGHTS) is not a file (a folder?): name the checkpoint "
+                              "file itself; checkpoint files in it: model_final.pth")
+    opts = quick_train_opts(str(tmp_path / "out"), max_iter=1) + ["MODEL.WEIGHTS", folder]
+    with pytest.raises(CheckpointFileError, match=re.escape(f"checkpoint {folder!r} (MODEL.WEIGHTS) is not a file")):
+        run_train_net(QUICKSTART_RETINANET, opts)
+    assert not os.path.exists(os.path.join(str(tmp_path / "out"), "model_final.pth"))
+
+
 def test_soft_detector_with_another_head_loads_and_is_reported_in_one_line(tmp_path, caplog):
     source = quickstart_model()
     path = str(tmp_path / "three_classes.pth")

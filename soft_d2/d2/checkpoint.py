@@ -77,6 +77,14 @@ def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _checkpoint_files(folder: str) -> list[str]:
+    """The names of the checkpoint files in ``folder`` (none if it cannot be listed)."""
+    try:
+        return sorted(f for f in os.listdir(folder) if f.endswith((".pth", ".pkl", ".pyth")))
+    except OSError:
+        return []
+
+
 class SoftDetectionCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that also accepts SOFT ImageNet checkpoints, refuses checkpoints that do not
     fill the SOFT backbone, reads files without running code from them, and saves atomically.
@@ -104,9 +112,16 @@ class SoftDetectionCheckpointer(DetectionCheckpointer):
     # ----------------------------------------------------------------------------- reading
     def load(self, path: str, *args, **kwargs) -> dict[str, Any]:
         url = urlparse(path) if path else None
-        if url is not None and not url.scheme and not os.path.exists(url._replace(query="").geturl()):
-            # (fvcore would stop at a bare AssertionError)
+        local = url._replace(query="").geturl() if url is not None and not url.scheme else None
+        # (for both, fvcore would stop at a bare AssertionError saying the checkpoint is not found)
+        if local is not None and not os.path.exists(local):
             raise FileNotFoundError(f"checkpoint {path!r} (MODEL.WEIGHTS) does not exist")
+        if local is not None and not os.path.isfile(local):
+            inside = _checkpoint_files(local)
+            hint = (f"; checkpoint files in it: {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}"
+                    if inside else "")
+            raise CheckpointFileError(f"checkpoint {path!r} (MODEL.WEIGHTS) is not a file (a folder?): name the "
+                                      f"checkpoint file itself{hint}")
         return super().load(path, *args, **kwargs)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
