@@ -118,6 +118,69 @@ def test_detectron2_pickles_allow_numpy_arrays_only(tmp_path):
         read_pickle_file(truncated)
 
 
+def pickle_file(path: str, obj, protocol: int = 4) -> str:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_plain_pickles_are_read_by_load_checkpoint_like_detectron2_pickles(tmp_path, suffix):
+    """pickle.dump files (a .pkl, or another name) are read by the unpickler of Detectron2's .pkl files:
+    tensors, numpy arrays (returned as tensors) and SAFE_GLOBALS load; other types are refused by name."""
+    import numpy as np
+
+    model = small_model()
+    state = model.state_dict()
+    tensors = pickle_file(str(tmp_path / f"tensors{suffix}"),
+                          {"state_dict": state, "args": argparse.Namespace(model="small")})
+    assert soft_d2.load_checkpoint(small_model(), tensors).complete
+    zoo = pickle_file(str(tmp_path / f"zoo{suffix}"), {"model": {k: v.numpy() for k, v in state.items()},
+                                                       "__author__": "zoo"}, protocol=2)
+    read = read_checkpoint(zoo)["model"]
+    assert all(isinstance(v, torch.Tensor) and torch.equal(v, state[k]) for k, v in read.items())
+    assert soft_d2.load_checkpoint(small_model(), zoo).complete
+    marker = str(tmp_path / "MARKER")
+    evil = pickle_file(str(tmp_path / f"evil{suffix}"), {"state_dict": state, "extra": CreatesMarker(marker)})
+    with pytest.raises(UnsafeCheckpointError) as err:
+        soft_d2.load_checkpoint(small_model(), evil)
+    message = str(err.value)
+    assert evil in message and "io.open" in message and "unsafe_unpickle=True" in message, message
+    assert not os.path.exists(marker)
+    with pytest.raises(UnsafeCheckpointError, match=r"numpy\.random"):  # numpy objects other than arrays
+        soft_d2.load_checkpoint(small_model(), pickle_file(str(tmp_path / f"rng{suffix}"), np.random.default_rng(0)))
+    cut = str(tmp_path / f"cut{suffix}")
+    with open(cut, "wb") as f:
+        f.write(open(tensors, "rb").read()[:300])
+    with pytest.raises(CheckpointFileError) as err:
+        soft_d2.load_checkpoint(small_model(), cut)
+    assert not isinstance(err.value, UnsafeCheckpointError)
+    assert f"{cut} could not be read: it is a pickle that is truncated or damaged" in str(err.value), str(err.value)
+    read_checkpoint(evil, unsafe_unpickle=True)  # the documented opt-in runs the file's code
+    assert os.path.exists(marker)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
+def test_unreadable_files_keep_the_readers_reason(tmp_path):
+    """An intact file torch's weights-only reader cannot read is not called damaged, and its reason
+    (what the unpickler met, after torch's general advice) is in the message."""
+    from soft_d2.model.checkpoint_file import _reason
+
+    path = str(tmp_path / "protocol4.pth")
+    torch.save(small_model().state_dict(), path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    with pytest.raises(CheckpointFileError) as err:
+        soft_d2.load_checkpoint(small_model(), path)
+    message = str(err.value)
+    assert "older torch.save file (pickle protocol 4" in message and "that is complete" in message, message
+    assert "WeightsUnpickler error: Unsupported operand" in message and "damaged" not in message, message
+    advice = "Weights only load failed. " + "general advice " * 30
+    assert _reason(pickle.UnpicklingError(advice + "WeightsUnpickler error: \n\nUnsupported operand 149\n\nCheck the "
+                                          "documentation of torch.load to learn more")) \
+        == "UnpicklingError: WeightsUnpickler error: Unsupported operand 149"
+    long_line = "the archive's entry data/0 is " + "x" * 400 + " (the end)"
+    assert _reason(RuntimeError(long_line + "\nsecond line")) == "RuntimeError: " + long_line
+
+
 def test_unknown_variant_lists_the_valid_ones_closest_first():
     with pytest.raises(ValueError) as err:
         create_soft("soft_norm_tinyy")

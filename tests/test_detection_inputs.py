@@ -72,6 +72,7 @@ def test_checkpoint_of_another_model_is_refused_with_the_count(foreign, name):
         SoftDetectionCheckpointer(model).load(foreign[name])
     message = str(err.value)
     assert foreign[name] in message and "nothing was loaded" in message and "MODEL.SOFT.ALLOW_PARTIAL_WEIGHTS" in message
+    assert f"{foreign[name]} does not fit the SOFT backbone (backbone.bottom_up.model): " in message, message
     total = len(before)
     if name.startswith("soft_small"):  # every Tiny tensor is there, and a Small's extra blocks too
         assert f"all {total} backbone tensors are in the file, but so are" in message
@@ -97,8 +98,37 @@ def test_partial_weights_load_only_on_request_in_one_line(foreign, caplog):
         SoftDetectionCheckpointer.from_config(cfg, model).load(foreign["resnet50"])
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     total = len(find_soft_model(model)[1].state_dict())
-    assert len(warnings) == 1 and f"0 of {total} backbone tensors" in warnings[0] \
-        and "ALLOW_PARTIAL_WEIGHTS is set" in warnings[0], warnings
+    assert len(warnings) == 1 and f"0 of {total} backbone tensors (MODEL.SOFT.ALLOW_PARTIAL_WEIGHTS is set: the " \
+        f"other {total} keep their initialization)" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("name", ["soft_small_detector", "soft_small_release"])
+def test_partial_weights_line_when_every_backbone_tensor_matched(foreign, name, caplog):
+    """A larger SOFT under ALLOW_PARTIAL_WEIGHTS fills the whole backbone: the line counts the entries left
+    out, not "the other 0"; in the release layout as in the detector one."""
+    cfg = load_cfg(QUICKSTART_RETINANET, ["MODEL.SOFT.ALLOW_PARTIAL_WEIGHTS", "True"])
+    model = build_model(cfg)
+    with caplog.at_level(logging.INFO):
+        SoftDetectionCheckpointer.from_config(cfg, model).load(foreign[name])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    total = len(find_soft_model(model)[1].state_dict())
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    matched = re.search(rf"{total} of {total} backbone tensors \(MODEL\.SOFT\.ALLOW_PARTIAL_WEIGHTS is set: "
+                        r"(\d+) backbone entries of the file have no place in this backbone\)", warnings[0])
+    assert matched and int(matched[1]) > 0 and "the other" not in warnings[0], warnings[0]
+
+
+def test_a_folder_as_model_weights_is_named(small_data, tmp_path):
+    folder = str(tmp_path / "run")
+    SoftDetectionCheckpointer(quickstart_model(), folder).save("model_final")
+    with pytest.raises(CheckpointFileError) as err:
+        SoftDetectionCheckpointer(quickstart_model()).load(folder)
+    assert str(err.value) == (f"checkpoint {folder!r} (MODEL.WEIGHTS) is not a file (a folder?): name the checkpoint "
+                              "file itself; checkpoint files in it: model_final.pth")
+    opts = quick_train_opts(str(tmp_path / "out"), max_iter=1) + ["MODEL.WEIGHTS", folder]
+    with pytest.raises(CheckpointFileError, match=re.escape(f"checkpoint {folder!r} (MODEL.WEIGHTS) is not a file")):
+        run_train_net(QUICKSTART_RETINANET, opts)
+    assert not os.path.exists(os.path.join(str(tmp_path / "out"), "model_final.pth"))
 
 
 def test_soft_detector_with_another_head_loads_and_is_reported_in_one_line(tmp_path, caplog):

@@ -18,7 +18,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
-from ..model import CheckpointFileError, CheckpointMismatchError, SoftVisionTransformer
+from ..model import CheckpointFileError, CheckpointMismatchError, LoadReport, SoftVisionTransformer
 from ..model.checkpoint import convert_official_state_dict, is_official_state_dict, read_checkpoint, unwrap_state_dict
 from ..model.checkpoint_file import read_pickle_file
 from ..utils.files import atomic_write
@@ -53,12 +53,18 @@ def backbone_state_dict(model: nn.Module, checkpoint: dict[str, Any], use_ema: b
     lists what does not fit (usually a different variant than MODEL.SOFT.VARIANT). With
     ``allow_partial`` the tensors that fit are returned and the rest is left out.
     """
+    return _imagenet_backbone(model, checkpoint, use_ema, source, allow_partial)[0]
+
+
+def _imagenet_backbone(model: nn.Module, checkpoint: dict[str, Any], use_ema: bool, source: str,
+                       allow_partial: bool) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """backbone_state_dict's weights, and the fit of the checkpoint against the backbone."""
     prefix, soft = find_soft_model(model)
     state = convert_official_state_dict(checkpoint, use_ema=use_ema, source=source)
     report = fit_report(soft, state, exclude=_pruned_prefixes(soft))
     if not report.complete and not allow_partial:
-        raise fit_error(source, "", report, state)
-    return {prefix + k: state[k] for k in report.loaded}
+        raise fit_error(source, prefix[:-1], report)  # the file's keys are the backbone's own: none outside it
+    return {prefix + k: state[k] for k in report.loaded}, report
 
 
 def _imagenet_skipped(soft: SoftVisionTransformer, state: Mapping[str, Any]) -> list[str]:
@@ -77,6 +83,14 @@ def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _checkpoint_files(folder: str) -> list[str]:
+    """The names of the checkpoint files in ``folder`` (none if it cannot be listed)."""
+    try:
+        return sorted(f for f in os.listdir(folder) if f.endswith((".pth", ".pkl", ".pyth")))
+    except OSError:
+        return []
+
+
 class SoftDetectionCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that also accepts SOFT ImageNet checkpoints, refuses checkpoints that do not
     fill the SOFT backbone, reads files without running code from them, and saves atomically.
@@ -92,7 +106,7 @@ class SoftDetectionCheckpointer(DetectionCheckpointer):
         self.use_ema = use_ema
         self.allow_partial = allow_partial
         self.unsafe_unpickle = unsafe_unpickle
-        self._source, self._imagenet, self._fit = "", None, None
+        self._source, self._imagenet, self._fit, self._imagenet_extra = "", None, None, []
 
     @classmethod
     def from_config(cls, cfg, model, save_dir: str = "", **checkpointables) -> "SoftDetectionCheckpointer":
@@ -104,9 +118,16 @@ class SoftDetectionCheckpointer(DetectionCheckpointer):
     # ----------------------------------------------------------------------------- reading
     def load(self, path: str, *args, **kwargs) -> dict[str, Any]:
         url = urlparse(path) if path else None
-        if url is not None and not url.scheme and not os.path.exists(url._replace(query="").geturl()):
-            # (fvcore would stop at a bare AssertionError)
+        local = url._replace(query="").geturl() if url is not None and not url.scheme else None
+        # (for both, fvcore would stop at a bare AssertionError saying the checkpoint is not found)
+        if local is not None and not os.path.exists(local):
             raise FileNotFoundError(f"checkpoint {path!r} (MODEL.WEIGHTS) does not exist")
+        if local is not None and not os.path.isfile(local):
+            inside = _checkpoint_files(local)
+            hint = (f"; checkpoint files in it: {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}"
+                    if inside else "")
+            raise CheckpointFileError(f"checkpoint {path!r} (MODEL.WEIGHTS) is not a file (a folder?): name the "
+                                      f"checkpoint file itself{hint}")
         return super().load(path, *args, **kwargs)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
@@ -129,7 +150,7 @@ class SoftDetectionCheckpointer(DetectionCheckpointer):
             raise CheckpointFileError(f"--resume: {err}. It is the checkpoint {pointer} names; {fix}") from None
 
     def _load_file(self, filename: str) -> dict[str, Any]:
-        self._source, self._imagenet, self._fit = filename, None, None
+        self._source, self._imagenet, self._fit, self._imagenet_extra = filename, None, None, []
         if filename.endswith(".pkl"):
             return self._read_model_zoo_pickle(filename)
         if filename.endswith(".pyth"):  # pycls, recognised by its extension as Detectron2 does
@@ -166,8 +187,9 @@ class SoftDetectionCheckpointer(DetectionCheckpointer):
         if is_backbone_checkpoint(weights):
             _, soft = find_soft_model(self.model)
             self._imagenet = _imagenet_skipped(soft, convert_official_state_dict(weights))
-            return {"model": backbone_state_dict(self.model, data, self.use_ema, source=f,
-                                                 allow_partial=self.allow_partial)}
+            weights, report = _imagenet_backbone(self.model, data, self.use_ema, f, self.allow_partial)
+            self._imagenet_extra = report.unexpected  # left out of the weights: the summary names them
+            return {"model": weights}
         return {"model": weights}  # another layout (a timm or torchvision state dict): the fit check judges it
 
     def _load_model(self, checkpoint: dict[str, Any]):
@@ -178,9 +200,13 @@ class SoftDetectionCheckpointer(DetectionCheckpointer):
             checkpoint["matching_heuristics"] = False
         checkpoint["model"] = _strip_module_prefix(dict(checkpoint["model"]))
         self._fit = backbone_fit(self.model, checkpoint["model"])
+        if self._fit is not None:
+            self._fit[1].unexpected += self._imagenet_extra
         if self._fit is not None and not self._fit[1].complete:
             if not self.allow_partial:
-                raise fit_error(self._source, *self._fit, list(checkpoint["model"]))
+                prefix, report = self._fit
+                outside = [k for k in checkpoint["model"] if not k.startswith(prefix)]
+                raise fit_error(self._source, prefix[:-1], report, outside)
         return super()._load_model(checkpoint)
 
     def _log_incompatible_keys(self, incompatible) -> None:

@@ -50,17 +50,17 @@ def backbone_total(report: LoadReport) -> int:
     return len(report.loaded) + len(report.missing) + len(report.mismatched)
 
 
-def fit_error(source: str, prefix: str, report: LoadReport, file_keys: Iterable[str]) -> CheckpointMismatchError:
-    """The refusal: the file, how many backbone tensors match, what does not, and the ways out."""
-    outside = [k for k in file_keys if not k.startswith(prefix)] if prefix else []  # what the file is instead
+def fit_error(source: str, module: str, report: LoadReport, outside: Sequence[str] = ()) -> CheckpointMismatchError:
+    """The refusal: the file, the backbone's module path, how many backbone tensors match, what does not,
+    and the ways out. ``outside``: the file's entries outside ``module`` (what the file is instead)."""
     total, extra = backbone_total(report), len(report.unexpected)
     count = (f"all {total} backbone tensors are in the file, but so are {extra} backbone entries it does not have "
              f"(a SOFT with more blocks or stages)" if report.loaded and len(report.loaded) == total and extra
              else f"{len(report.loaded)} of {total} backbone tensors match")
-    lines = [f"checkpoint {source} does not fit the SOFT backbone{f' ({prefix[:-1]})' if prefix else ''}: "
+    lines = [f"checkpoint {source} does not fit the SOFT backbone{f' ({module})' if module else ''}: "
              f"{count}, so nothing was loaded.", report.format(limit=8)]
     if outside and not report.loaded:
-        lines.append(f"  the file's entries begin {', '.join(outside[:6])}, ... ({len(outside)} outside {prefix[:-1]})")
+        lines.append(f"  the file's entries begin {', '.join(outside[:6])}, ... ({len(outside)} outside {module})")
     lines.append("It holds another model's weights (e.g. a ResNet, Swin or PVT checkpoint) or a SOFT of another size: "
                  "use a SOFT checkpoint of this MODEL.SOFT.VARIANT (with the EMBED_DIMS / DEPTHS / NUM_HEADS / "
                  "SR_RATIOS it was trained with), set MODEL.WEIGHTS \"\" to train from scratch, or set "
@@ -86,9 +86,12 @@ def load_summary(source: str, prefix: str, report: LoadReport, model_keys: Itera
     kind = " (a SOFT ImageNet checkpoint)" if imagenet_skipped is not None else ""
     total = backbone_total(report)
     parts = [f"loaded checkpoint {source}{kind}: {len(report.loaded)} of {total} backbone tensors"]
-    if not report.complete:
-        parts[0] += (f" (MODEL.SOFT.ALLOW_PARTIAL_WEIGHTS is set: the other {total - len(report.loaded)} keep their "
-                     f"initialization)")
+    if not report.complete:  # what MODEL.SOFT.ALLOW_PARTIAL_WEIGHTS let through
+        other = total - len(report.loaded)
+        left = [f"the other {other} keep their initialization"] if other else []
+        if report.unexpected:
+            left.append(f"{len(report.unexpected)} backbone entries of the file have no place in this backbone")
+        parts[0] += f" (MODEL.SOFT.ALLOW_PARTIAL_WEIGHTS is set: {', and '.join(left)})"
     if imagenet_skipped:
         parts[0] += f", skipped what the backbone has no place for: {', '.join(imagenet_skipped)}"
     if rest:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checkpoint_file import read_torch_file
+from .checkpoint_file import read_weights_file
 
 # (release template, our template). {S}: 1-based stage of the release, {s}: our 0-based stage,
 # {j}: block index, {p}: parameter/buffer name. Stage-4 rows come first: in our names a stage-4
@@ -176,14 +176,16 @@ def compare_state_dicts(model: nn.Module, state_dict: Mapping[str, Tensor],
 
 def read_checkpoint(path: str | os.PathLike, *, unsafe_unpickle: bool = False,
                     opt_in: str = "unsafe_unpickle=True") -> Any:
-    """The contents of a checkpoint file, built with ``torch.load(weights_only=True)``: tensors, plain
-    containers and the few extra types released checkpoints hold (checkpoint_file.SAFE_GLOBALS).
+    """The contents of a checkpoint file: tensors, plain containers and the few extra types released
+    checkpoints hold (checkpoint_file.SAFE_GLOBALS). torch.save files are read with
+    ``torch.load(weights_only=True)``; ``.pkl`` and other plain ``pickle.dump`` files (Detectron2's model
+    zoo) by an unpickler that also allows numpy arrays, which are returned as tensors.
 
     A file needing anything else raises UnsafeCheckpointError naming the type; ``unsafe_unpickle=True``
     unpickles it in full, which runs any code it carries (only for files you trust). A missing, empty,
     truncated or foreign file raises CheckpointFileError (FileNotFoundError if absent) naming it.
     """
-    return read_torch_file(path, unsafe_unpickle=unsafe_unpickle, opt_in=opt_in)
+    return read_weights_file(path, unsafe_unpickle=unsafe_unpickle, opt_in=opt_in)
 
 
 def load_checkpoint(
