@@ -77,3 +77,28 @@ def test_detector_export_refuses_size_and_segmentation_configs(tmp_path):
                    "--output", str(tmp_path)])
     with pytest.raises(SystemExit, match="2"):  # a semantic segmentor: only its backbone exports
         tool.main(["--config-file", str(DETECTION / "upernet_soft_norm_tiny_shapes.yaml"), "--output", str(tmp_path)])
+
+
+@pytest.mark.parametrize("config", ["retinanet_soft_norm_tiny_shapes.yaml", "mask_rcnn_soft_norm_tiny_shapes.yaml"])
+def test_exportable_detector_equals_the_model_with_and_without_objects(config):
+    """Every selection step without a Python branch on counts: 100 objects, and none at all."""
+    from detectron2.modeling import build_model
+
+    import soft_d2
+    from soft_d2.detection.export import ExportableDetector
+
+    for threshold, expected in (("0.0", 100), ("1.0", 0)):
+        cfg = soft_d2.load_config(str(DETECTION / config), ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+                                                            threshold, "MODEL.RETINANET.SCORE_THRESH_TEST", threshold])
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        image = torch.rand(3, 200, 300) * 255
+        with torch.no_grad():
+            instances = model([{"image": image}])[0]["instances"]
+            detector = ExportableDetector(model)
+            boxes, scores, classes, *masks = detector(*detector.pad(image))
+        assert len(instances) == boxes.shape[0] == expected
+        torch.testing.assert_close(boxes, instances.pred_boxes.tensor, rtol=0, atol=0)
+        torch.testing.assert_close(scores, instances.scores, rtol=0, atol=0)
+        assert torch.equal(classes, instances.pred_classes)
+        assert len(masks) == (1 if "mask_rcnn" in config else 0)

@@ -13,7 +13,7 @@ detector takes ``(image [3, H', W'], image_size int64 [2])``: the image (the con
 INPUT.FORMAT, 0..255, already resized for testing) padded at the bottom and right to a multiple
 of 32 (the FPN's size divisibility), and the size of the image inside the padding; it returns
 ``boxes, scores, classes`` (+ ``masks``, the 28x28 probabilities of the predicted class, for
-Mask R-CNN), as soft_d2.d2.export.ExportableDetector describes. Detectors are checked on the
+Mask R-CNN), as soft_d2.detection.export.ExportableDetector describes. Detectors are checked on the
 config's built-in validation images (DATASETS.TEST), classifiers and backbones on random inputs.
 Everything exports the pure-PyTorch path (the compiled engine has no ONNX translation); ONNX
 records the Newton solve as repeated squaring (no eigendecomposition in ONNX). Outputs:
@@ -141,7 +141,7 @@ def validation_images(cfg) -> dict[str, Tensor]:
 
 
 def detector_export(args, parser) -> Export:
-    from soft_d2.d2.export import ExportableDetector
+    from soft_d2.detection.export import ExportableDetector
 
     if args.size:
         parser.error("--size is for classifiers and backbones: a detector is exported and checked on the "
