@@ -102,3 +102,13 @@ def test_exportable_detector_equals_the_model_with_and_without_objects(config):
         torch.testing.assert_close(scores, instances.scores, rtol=0, atol=0)
         assert torch.equal(classes, instances.pred_classes)
         assert len(masks) == (1 if "mask_rcnn" in config else 0)
+
+
+def test_detector_export_refuses_weights_of_another_model(tmp_path):
+    from soft_d2.model import CheckpointMismatchError
+
+    weights = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 2048)}, weights)
+    with pytest.raises(CheckpointMismatchError, match="0 of"):
+        export_tool().main(["--config-file", str(DETECTION / "retinanet_soft_norm_tiny_shapes.yaml"),
+                            "--output", str(tmp_path), "MODEL.WEIGHTS", str(weights)])

@@ -110,14 +110,15 @@ def tensor_export(model: nn.Module, output_names: list[str], dynamic: bool, size
 
 
 def load_detectron2_model(args):
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
+
+    from soft_d2.d2 import SoftDetectionCheckpointer
 
     cfg = soft_d2.load_config(args.config_file, list(args.opts) + ["MODEL.SOFT.KERNEL_METHOD", "torch",
                                                                   "MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS:  # read weights-only and checked to fill the SOFT backbone, as train_net.py does
+        SoftDetectionCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     return cfg, model
 
 
@@ -127,9 +128,9 @@ def validation_images(cfg) -> dict[str, Tensor]:
     from detectron2.data import transforms as T
     from detectron2.data.detection_utils import read_image
 
-    name = cfg.DATASETS.TEST[0]
     from soft_d2.d2 import prepare_dataset
 
+    name = cfg.DATASETS.TEST[0]
     prepare_dataset(name)
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     images = {}
