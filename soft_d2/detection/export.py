@@ -10,8 +10,11 @@ clipping) with tensor operations only, in the order Detectron2 does them: its ou
 model's own ``model([{"image": ...}])`` on the same image (tested), up to the order of exact
 score ties.
 
-Input: one image ``[3, H, W]`` in the model's input format (``cfg.INPUT.FORMAT``, 0..255), at
-the size it is evaluated at (no resizing inside). Outputs, in input-image pixels:
+Inputs: ``image [3, H', W']``, one image in the model's input format (``cfg.INPUT.FORMAT``,
+0..255) at the size it is evaluated at (no resizing inside), padded at the bottom and right to a
+multiple of the backbone's size divisibility, and ``image_size`` (int64 ``(H, W)``, the image
+inside the padding); ``pad(image)`` makes both. Taking the padding as an input keeps the padded
+sides plain multiples of 32 for the exporter. Outputs, in input-image pixels:
 ``boxes [N, 4]`` (x1, y1, x2, y2), ``scores [N]``, ``classes [N]`` (int64) and, for Mask R-CNN,
 ``masks [N, 1, M, M]``: the mask head's probabilities for the predicted class inside each box
 (Detectron2 pastes them into the image with a 0.5 threshold; that step is left to the caller).
