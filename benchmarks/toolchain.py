@@ -94,9 +94,9 @@ def run_size(height: int, width: int, repeats: int, threads: int) -> dict:
             onnx_s = time.perf_counter() - start
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
-            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            runtime = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             feed = {"images": x.numpy()}
-            rows["ONNX (onnxruntime)"] = median_time(lambda _: session.run(None, feed), x, repeats)
+            rows["ONNX (onnxruntime)"] = median_time(lambda _: runtime.run(None, feed), x, repeats)
     return {"size": f"{height}x{width}", "landmarks": f"<= {bound}" if bound else "faithful", "seconds": rows,
             "compile_s": compile_s, "export_s": export_s, "onnx_export_s": onnx_s, "compile_max_diff": diff_compile}
 

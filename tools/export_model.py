@@ -74,12 +74,12 @@ class Export:
     detector: bool = False
 
 
-def image_dims(dynamic: bool, first: int = 2):
-    """Height and width of an image input as export dimensions (None: a fixed-size export)."""
+def image_dims(dynamic: bool):
+    """Height and width of an NCHW input as export dimensions (None: a fixed-size export)."""
     if not dynamic:
         return None
-    return {first: torch.export.Dim("height", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE),
-            first + 1: torch.export.Dim("width", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE)}
+    return {2: torch.export.Dim("height", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE),
+            3: torch.export.Dim("width", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE)}
 
 
 def random_checks(size: tuple[int, int], dynamic: bool) -> dict[str, tuple[Tensor, ...]]:
@@ -161,8 +161,11 @@ def detector_export(args, parser) -> Export:
     if not dynamic:  # a fixed-size program runs only on images padded to the example's size
         checks = {label: a for label, a in checks.items() if a[0].shape == example[0].shape}
     d = max(1, model.backbone.size_divisibility)
-    blocks = lambda name: torch.export.Dim(name, min=MIN_DETECTOR_BLOCKS, max=MAX_DYNAMIC_SIDE // d)
-    dims = ({1: d * blocks("height_blocks"), 2: d * blocks("width_blocks")}, None) if dynamic else None
+    dims = None
+    if dynamic:  # sides as d * blocks: the padded size, in the form the exporter can reason about
+        height, width = (torch.export.Dim(f"{n}_blocks", min=MIN_DETECTOR_BLOCKS, max=MAX_DYNAMIC_SIDE // d)
+                         for n in ("height", "width"))
+        dims = ({1: d * height, 2: d * width}, None)
     if dynamic and min(example[0].shape[1:]) < d * MIN_DETECTOR_BLOCKS:
         parser.error(f"a dynamic detector export needs images of at least {d * MIN_DETECTOR_BLOCKS} pixels per side "
                      f"after INPUT.MIN_SIZE_TEST resizing; {first} is {tuple(example[0].shape[1:])} padded")
@@ -283,10 +286,10 @@ def main(argv=None) -> int:
                                          dynamic_shapes=export.dynamic_shapes, input_names=export.input_names,
                                          output_names=export.output_names, verbose=False)
         onnx_program.save(str(path))
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runtime = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         for label, a in export.checks.items():
             feeds = {name: t.numpy() for name, t in zip(export.input_names, a)}
-            out = [torch.from_numpy(o) for o in session.run(None, feeds)]
+            out = [torch.from_numpy(o) for o in runtime.run(None, feeds)]
             worst = max(worst, compare(export, out, eager[label], label, "ONNX (onnxruntime)", path))
 
     if worst > args.tolerance:

@@ -166,8 +166,8 @@ class ExportableDetector(nn.Module):
         roi = self.model.roi_heads
         proposals = self.proposals(features, height, width)
         box_features = roi_pool(roi.box_pooler, [features[f] for f in roi.box_in_features], proposals)
-        logits, proposal_deltas = roi.box_predictor(roi.box_head(box_features))
         predictor = roi.box_predictor
+        logits, proposal_deltas = predictor(roi.box_head(box_features))
         probs = F.softmax(logits, dim=-1)
         boxes = predictor.box2box_transform.apply_deltas(proposal_deltas, proposals)  # R x (C*4)
         valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(probs).all(dim=1)
