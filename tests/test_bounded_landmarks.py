@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from soft_d2.model.attention import ConvLandmarks, SoftAttention, bounded_landmark_grid
+from soft_d2.model.attention import ConvLandmarks, SoftAttention
+from soft_d2.model.landmark_grid import bounded_landmark_grid
 from soft_d2.model.blocks import SoftBlock
 
 from helpers import rel_err, small_model
@@ -41,7 +42,7 @@ def _record_landmarks(model):
 
 
 # ------------------------------------------------------------------------------ the landmark grid
-GRIDS = [(100, 168), (167, 100), (64, 256), (3, 46), (46, 3), (1, 500), (500, 1), (25, 21), (13, 13)]
+GRIDS = [(100, 168), (167, 100), (64, 256), (3, 46), (46, 3), (1, 500), (500, 1), (25, 21), (13, 13), (77, 77)]
 GRID_CASES = [(r, c, bound) for r, c in GRIDS for bound in (1, 7, 49, 100, 196, 400) if r * c > bound]
 
 
@@ -52,14 +53,20 @@ def test_bounded_grid_rule(rows, cols, bound):
     the long side takes what the bound allows."""
     r, c = bounded_landmark_grid(rows, cols, bound)
     assert 1 <= r <= rows and 1 <= c <= cols and r * c <= bound
-    scale = math.sqrt(bound / (rows * cols))
     (short, got_short), (long, got_long) = sorted([(rows, r), (cols, c)])
-    if short * scale >= 1:
-        assert short * scale - 1 < got_short <= short * scale
-        assert long * scale - 1 < got_long <= long * scale
+    if bound * short >= long:  # short * scale >= 1, scale = sqrt(bound / (rows * cols))
+        # got = floor(side * scale) exactly: got^2 <= side^2 scale^2 < (got + 1)^2, in integers
+        assert got_short ** 2 * long <= bound * short < (got_short + 1) ** 2 * long
+        assert got_long ** 2 * short <= bound * long < (got_long + 1) ** 2 * short
     else:
         assert got_short == 1 and got_long == min(long, bound)
     assert (r + 1) * (c + 1) > bound  # not needlessly coarse
+
+
+def test_bounded_grid_is_exact_at_whole_numbers():
+    # 77 x 77 under 100: scale * 77 is exactly 10, which floating point gives as 9.999...
+    assert bounded_landmark_grid(77, 77, 100) == (10, 10)
+    assert bounded_landmark_grid(13, 117, 100) == (3, 30) and bounded_landmark_grid(117, 13, 100) == (30, 3)
 
 
 @pytest.mark.parametrize("hw", DETECTION_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

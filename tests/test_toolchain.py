@@ -1,8 +1,10 @@
 """SOFT with the PyTorch 2 toolchain: the compiled engine as torch.library operators (schema, fake,
 autograd), torch.compile without graph breaks on both kernel methods, FX symbolic tracing and
-feature extraction (torchvision's and timm's), torch.export at fixed and dynamic sizes, ONNX, and
+feature extraction (torchvision's and timm's), torch.export at fixed and dynamic sizes (faithful and bounded landmarks), ONNX, and
 Inductor on the Newton solve."""
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import timm
@@ -12,6 +14,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 import soft_d2  # noqa: F401  (registers the SOFT variants with timm)
 from ops_reference import count_compiled_calls
 from soft_d2 import ops
+from soft_d2.model.landmark_grid import exported_landmark_input_size, landmark_input_size
 from soft_d2.ops import library, streamed_torch
 
 needs_engine = pytest.mark.skipif(not ops.compiled_available(), reason="needs the compiled soft_d2._C")
@@ -161,23 +164,37 @@ def test_export_dynamic_size_matches_eager():
         assert torch.allclose(exported.module()(x), model(x), rtol=0, atol=1e-6), size
 
 
-def test_export_bounded_landmarks_at_a_fixed_size():
-    """Bounded landmarks: the grid is piecewise in the image size, so the program is exported for
-    one size (where the bound is active) and refuses another one rather than computing it wrong."""
+def bound_acts_in_stage_1(model, size) -> bool:
+    grid = ((size[0] + 3) // 4, (size[1] + 3) // 4)
+    return model.stages[0].blocks[0].attn.landmarks.input_size(*grid) != grid
+
+
+def test_export_bounded_landmarks_dynamic_size_matches_eager():
+    """Bounded landmarks: the landmark grid is computed inside the program, so one program serves
+    sizes under the bound (the release's function) and above it (pooled), as eager does."""
     model = small_soft(num_classes=5, max_landmarks=6)
-    x = torch.randn(1, 3, 160, 224)
-    assert model.stages[0].blocks[0].attn.landmarks.input_size(40, 56) != (40, 56)  # the bound acts
-    exported = torch.export.export(model, (x,))
-    assert torch.allclose(exported.module()(x), model(x), rtol=0, atol=1e-6)
-    with pytest.raises(Exception, match="shape|size|Guard|expected"):
-        exported.module()(torch.randn(1, 3, 192, 224))
+    assert {bound_acts_in_stage_1(model, size) for size in OTHER_SIZES} == {False, True}
+    exported = torch.export.export(model, (torch.randn(1, 3, 128, 192),), dynamic_shapes=(DYNAMIC,))
+    for size in OTHER_SIZES:
+        x = torch.randn(1, 3, *size)
+        assert torch.allclose(exported.module()(x), model(x), rtol=0, atol=1e-6), size
 
 
-def test_onnx_dynamic_size_runs_in_onnxruntime():
-    """ONNX (dynamo exporter) with dynamic height and width, run by onnxruntime against eager. The
-    Newton solve is recorded as repeated squaring (ONNX has no eigendecomposition)."""
+def test_exported_landmark_size_is_the_eager_one():
+    """The tensor arithmetic an exported program computes the landmark grid with gives the size
+    eager computes, on both sides of the bound and for sides shorter than the stride."""
+    sides = (1, 3, 8, 13, 40, 77, 200, 336)
+    for h, w, sr, bound in itertools.product(sides, sides, (2, 4, 8), (1, 6, 49, 100)):
+        assert exported_landmark_input_size(h, w, sr, bound) == landmark_input_size(h, w, sr, bound), (h, w, sr, bound)
+
+
+@pytest.mark.parametrize("max_landmarks", [None, 6])
+def test_onnx_dynamic_size_runs_in_onnxruntime(max_landmarks):
+    """ONNX (dynamo exporter) with dynamic height and width, run by onnxruntime against eager, with
+    faithful and bounded landmarks. The Newton solve is recorded as repeated squaring (ONNX has no
+    eigendecomposition)."""
     import onnxruntime as ort  # installed by tools/install.sh (requirements.txt)
-    model = small_soft(num_classes=5)
+    model = small_soft(num_classes=5, max_landmarks=max_landmarks)
     program = torch.onnx.export(model, (torch.randn(2, 3, 128, 192),), dynamo=True, dynamic_shapes=(DYNAMIC,),
                                 input_names=["images"], output_names=["logits"], verbose=False)
     ops_used = {node.op_type for node in program.model_proto.graph.node}

@@ -6,9 +6,9 @@
         --format torch onnx --output export/ MODEL.WEIGHTS output/model_final.pth
     python tools/export_model.py --config-file ... --backbone-only --output export/
 
-Height and width are dynamic (one program for every size) when the landmarks are faithful
-(``--max-landmarks 0``, ``MODEL.SOFT.MAX_LANDMARKS 0``); with bounded landmarks the landmark grid
-is piecewise in the image size, so the program is exported for one size and refuses others. A
+Height and width are dynamic: one program serves every size, with faithful landmarks
+(``--max-landmarks 0``, ``MODEL.SOFT.MAX_LANDMARKS 0``) and with bounded ones (the landmark grid
+is computed in the program, see soft_d2.model.attention.exported_landmark_input_size). A
 detector takes ``(image [3, H', W'], image_size int64 [2])``: the image (the config's
 INPUT.FORMAT, 0..255, already resized for testing) padded at the bottom and right to a multiple
 of 32 (the FPN's size divisibility), and the size of the image inside the padding; it returns
@@ -67,30 +67,23 @@ class Export:
     model: nn.Module
     example: tuple[Tensor, ...]
     checks: dict[str, tuple[Tensor, ...]]
-    dynamic_shapes: tuple | None
+    dynamic_shapes: tuple
     input_names: list[str]
     output_names: list[str]
-    kind: str
     detector: bool = False
 
 
-def image_dims(dynamic: bool):
-    """Height and width of an NCHW input as export dimensions (None: a fixed-size export)."""
-    if not dynamic:
-        return None
+def image_dims():
+    """Height and width of an NCHW input as export dimensions."""
     return {2: torch.export.Dim("height", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE),
             3: torch.export.Dim("width", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE)}
 
 
-def random_checks(size: tuple[int, int], dynamic: bool) -> dict[str, tuple[Tensor, ...]]:
+def random_checks(size: tuple[int, int]) -> dict[str, tuple[Tensor, ...]]:
     h, w = size
-    sizes = [size] + ([(w, h), (h + 37, w + 21)] if dynamic else [])
+    sizes = [size, (w, h), (h + 37, w + 21)]
     torch.manual_seed(0)
     return {f"{a}x{b}": (torch.randn(1, 3, a, b),) for a, b in sizes}
-
-
-def size_kind(dynamic: bool, size: tuple[int, int]) -> str:
-    return "dynamic height/width" if dynamic else f"fixed {size[0]}x{size[1]} (bounded landmarks)"
 
 
 def classifier_export(args, parser) -> Export:
@@ -98,15 +91,14 @@ def classifier_export(args, parser) -> Export:
     if args.weights:
         report = soft_d2.load_checkpoint(model, args.weights)
         print(f"[export] weights: {args.weights}: {report}")
-    return tensor_export(model.eval(), ["logits"], not args.max_landmarks, args.size or (224, 224), parser)
+    return tensor_export(model.eval(), ["logits"], args.size or (224, 224), parser)
 
 
-def tensor_export(model: nn.Module, output_names: list[str], dynamic: bool, size, parser) -> Export:
-    if dynamic and min(size) < MIN_DYNAMIC_SIDE:
+def tensor_export(model: nn.Module, output_names: list[str], size, parser) -> Export:
+    if min(size) < MIN_DYNAMIC_SIDE:
         parser.error(f"--size {size[0]}x{size[1]}: a dynamic export needs at least {MIN_DYNAMIC_SIDE} pixels per side")
-    checks = random_checks(size, dynamic)
-    return Export(model, next(iter(checks.values())), checks, (image_dims(dynamic),), ["images"], output_names,
-                  size_kind(dynamic, size))
+    checks = random_checks(size)
+    return Export(model, next(iter(checks.values())), checks, (image_dims(),), ["images"], output_names)
 
 
 def load_detectron2_model(args):
@@ -152,21 +144,17 @@ def detector_export(args, parser) -> Export:
         detector = ExportableDetector(model)
     except (TypeError, ValueError) as error:
         parser.error(f"{args.config_file}: {error}; --backbone-only exports its backbone")
-    dynamic = not cfg.MODEL.SOFT.MAX_LANDMARKS
     images = validation_images(cfg)
     first = next(iter(images))
     images[f"{first} transposed"] = images[first].transpose(1, 2).contiguous()
     checks = {label: detector.pad(image) for label, image in images.items()}
     example = checks[first]
-    if not dynamic:  # a fixed-size program runs only on images padded to the example's size
-        checks = {label: a for label, a in checks.items() if a[0].shape == example[0].shape}
     d = max(1, model.backbone.size_divisibility)
-    dims = None
-    if dynamic:  # sides as d * blocks: the padded size, in the form the exporter can reason about
-        height, width = (torch.export.Dim(f"{n}_blocks", min=MIN_DETECTOR_BLOCKS, max=MAX_DYNAMIC_SIDE // d)
-                         for n in ("height", "width"))
-        dims = ({1: d * height, 2: d * width}, None)
-    if dynamic and min(example[0].shape[1:]) < d * MIN_DETECTOR_BLOCKS:
+    # sides as d * blocks: the padded size, in the form the exporter can reason about
+    height, width = (torch.export.Dim(f"{n}_blocks", min=MIN_DETECTOR_BLOCKS, max=MAX_DYNAMIC_SIDE // d)
+                     for n in ("height", "width"))
+    dims = ({1: d * height, 2: d * width}, None)
+    if min(example[0].shape[1:]) < d * MIN_DETECTOR_BLOCKS:
         parser.error(f"a dynamic detector export needs images of at least {d * MIN_DETECTOR_BLOCKS} pixels per side "
                      f"after INPUT.MIN_SIZE_TEST resizing; {first} is {tuple(example[0].shape[1:])} padded")
     for label, inputs in checks.items():  # the module exported computes what the Detectron2 model does
@@ -177,15 +165,13 @@ def detector_export(args, parser) -> Export:
               f"max |diff| {format_difference(diff)}")
         if max(diff.values(), default=0.0) > args.tolerance:
             raise SystemExit(f"[export] FAILED: ExportableDetector differs from the Detectron2 model on {label}: {diff}")
-    h, w = example[0].shape[1:]
-    return Export(detector, example, checks, dims, ["image", "image_size"], detector.output_names,
-                  size_kind(dynamic, (h, w)), detector=True)
+    return Export(detector, example, checks, dims, ["image", "image_size"], detector.output_names, detector=True)
 
 
 def backbone_export(args, parser) -> Export:
     cfg, model = load_detectron2_model(args)
     wrapped = FeatureList(model.backbone).eval()
-    return tensor_export(wrapped, wrapped.names, not cfg.MODEL.SOFT.MAX_LANDMARKS, args.size or (320, 480), parser)
+    return tensor_export(wrapped, wrapped.names, args.size or (320, 480), parser)
 
 
 def image_side(inputs: tuple[Tensor, ...]) -> float:
@@ -223,11 +209,11 @@ def compare(export: Export, out, eager, label: str, runtime: str, path: Path) ->
     if export.detector:
         diff = detection_difference(as_tuple(out), as_tuple(eager), image_side(export.checks[label]))
         worst = max(diff.values(), default=0.0)
-        print(f"[export] {runtime} {export.kind} -> {path}: {label}: {len(as_tuple(out)[0])} objects, "
+        print(f"[export] {runtime} dynamic height/width -> {path}: {label}: {len(as_tuple(out)[0])} objects, "
               f"max |diff| {format_difference(diff)}")
         return worst
     diff = max_difference(out, eager)
-    print(f"[export] {runtime} {export.kind} -> {path}: {label} max |diff| {diff:.2e}")
+    print(f"[export] {runtime} dynamic height/width -> {path}: {label} max |diff| {diff:.2e}")
     return diff
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from .shapes import known_equal, size_max
+from .landmark_grid import adaptive_average, landmark_input_size
+from .shapes import known_equal
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -23,34 +24,6 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).flatten(2)
 
 
-def bounded_landmark_grid(grid_h: int, grid_w: int, max_landmarks: int) -> tuple[int, int]:
-    """A landmark grid of at most max_landmarks cells with the aspect ratio of grid_h x grid_w.
-
-    Both sides are scaled by sqrt(max_landmarks / (grid_h * grid_w)) and rounded down, so each is
-    within one cell of the exact ratio; a short side that would round to 0 becomes 1, and the long
-    side then takes as many cells as the bound allows.
-    """
-    scale = math.sqrt(max_landmarks / (grid_h * grid_w))
-    short, long = sorted((grid_h, grid_w))
-    a = min(max(1, math.floor(short * scale)), short)
-    b = max(1, min(math.floor(long * scale), max_landmarks // a, long))
-    return (a, b) if grid_h <= grid_w else (b, a)
-
-
-def landmark_input_size(height: int, width: int, sr_ratio: int, max_landmarks: int | None) -> tuple[int, int]:
-    """The query-grid size the stride-s landmark convolution is applied to (see ConvLandmarks).
-
-    Without a bound this is branch-free in the sizes, so torch.export with dynamic height and width
-    serves every size; the bounded grid is piecewise in the size (and needs a fixed-size export)."""
-    s = sr_ratio
-    if max_landmarks is not None:
-        rows, cols = max(height // s, 1), max(width // s, 1)
-        if rows * cols > max_landmarks:
-            rows, cols = bounded_landmark_grid(rows, cols, max_landmarks)
-            return rows * s, cols * s
-    return size_max(height, s), size_max(width, s)
-
-
 def landmark_query_grid(q: Tensor, height: int, width: int, sr_ratio: int, max_landmarks: int | None) -> Tensor:
     """[B, heads, N, d] queries -> the [B*heads, d, H', W'] grid the landmark convolution runs on
     (ConvLandmarks: stretched to at least sr_ratio per side, pooled under max_landmarks)."""
@@ -59,7 +32,7 @@ def landmark_query_grid(q: Tensor, height: int, width: int, sr_ratio: int, max_l
     size = landmark_input_size(height, width, sr_ratio, max_landmarks)
     if not known_equal(size, (height, width)):
         # adaptive pooling: averages when shrinking, repeats rows/columns when stretching
-        grid = F.adaptive_avg_pool2d(grid, size)
+        grid = adaptive_average(grid, size)
     return grid
 
 

@@ -21,7 +21,13 @@ STREAM_ELEMENTS = 1 << 22
 
 
 def should_stream(a: Tensor, b: Tensor) -> bool:
-    return math.prod(a.shape[:-1]) * b.shape[-2] > STREAM_ELEMENTS
+    """Whether G(a, b) is above STREAM_ELEMENTS. Never under torch.export with symbolic sizes: the
+    chunk loop is a Python loop over a size, so an exported program that serves every size forms
+    G densely (the same products; memory grows as N x m)."""
+    elements = math.prod(a.shape[:-1]) * b.shape[-2]
+    if isinstance(elements, torch.SymInt) and torch.compiler.is_exporting():
+        return False
+    return elements > STREAM_ELEMENTS
 
 
 def chunk_rows(a: Tensor, b: Tensor, tile_rows: int | None) -> int:
