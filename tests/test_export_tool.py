@@ -116,3 +116,18 @@ def test_detector_export_refuses_weights_of_another_model(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="0 of"):
         export_tool().main(["--config-file", str(DETECTION / "retinanet_soft_norm_tiny_shapes.yaml"),
                             "--output", str(tmp_path), "MODEL.WEIGHTS", str(weights)])
+
+
+def test_backbone_exports_with_dynamic_size_in_fpn_multiples(tmp_path, capsys):
+    """--backbone-only: SOFT + FPN, checked at sizes in multiples of the FPN's size divisibility
+    (other sizes cannot be added in the FPN's top-down path); a size off that grid is refused."""
+    tool = export_tool()
+    config = str(DETECTION / "mask_rcnn_soft_norm_tiny_shapes.yaml")
+    assert tool.main(["--config-file", config, "--backbone-only", "--size", "160x224", "--format", "torch",
+                      "--output", str(tmp_path), "MODEL.SOFT.MAX_LANDMARKS", "6"]) == 0
+    report = capsys.readouterr().out
+    assert report.count("torch.export dynamic height/width -> ") == 3 and "224x256" in report
+    features = torch.export.load(tmp_path / "model.pt2").module()(torch.randn(1, 3, 192, 320))
+    assert len(features) > 1 and all(f.shape[-2] * 320 == f.shape[-1] * 192 for f in features)  # 192x320 / stride
+    with pytest.raises(SystemExit, match="2"):
+        tool.main(["--config-file", config, "--backbone-only", "--size", "160x200", "--output", str(tmp_path)])

@@ -8,7 +8,7 @@
 
 Height and width are dynamic: one program serves every size, with faithful landmarks
 (``--max-landmarks 0``, ``MODEL.SOFT.MAX_LANDMARKS 0``) and with bounded ones (the landmark grid
-is computed in the program, see soft_d2.model.attention.exported_landmark_input_size). A
+is computed in the program, see soft_d2.model.landmark_grid.exported_landmark_input_size). A
 detector takes ``(image [3, H', W'], image_size int64 [2])``: the image (the config's
 INPUT.FORMAT, 0..255, already resized for testing) padded at the bottom and right to a multiple
 of 32 (the FPN's size divisibility), and the size of the image inside the padding; it returns
@@ -40,9 +40,9 @@ import soft_d2
 
 MIN_DYNAMIC_SIDE = 64  # every landmark grid has >= 2 cells per side from here on (sizes of 1 specialise)
 MAX_DYNAMIC_SIDE = 4096
-# detectors: padded sides in blocks of the FPN's size divisibility; from 5 blocks (160 px) on,
-# the coarsest level (stride 128) has >= 2 cells per side
-MIN_DETECTOR_BLOCKS = 5
+# FPN inputs (detectors, backbones): padded sides in blocks of the FPN's size divisibility; from
+# 5 blocks (160 px) on, the coarsest level (stride 128) has >= 2 cells per side
+MIN_FPN_BLOCKS = 5
 NUM_CHECK_IMAGES = 3
 
 
@@ -73,15 +73,22 @@ class Export:
     detector: bool = False
 
 
-def image_dims():
-    """Height and width of an NCHW input as export dimensions."""
-    return {2: torch.export.Dim("height", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE),
-            3: torch.export.Dim("width", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE)}
+def image_dims(first: int, divisible: int = 1) -> dict:
+    """Height and width (dimensions first and first + 1) as export dimensions; for FPN inputs,
+    padded to a multiple of ``divisible``, as divisible * blocks, the form the exporter can
+    reason about."""
+    if divisible == 1:
+        return {first: torch.export.Dim("height", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE),
+                first + 1: torch.export.Dim("width", min=MIN_DYNAMIC_SIDE, max=MAX_DYNAMIC_SIDE)}
+    height, width = (torch.export.Dim(f"{n}_blocks", min=MIN_FPN_BLOCKS, max=MAX_DYNAMIC_SIDE // divisible)
+                     for n in ("height", "width"))
+    return {first: divisible * height, first + 1: divisible * width}
 
 
-def random_checks(size: tuple[int, int]) -> dict[str, tuple[Tensor, ...]]:
+def random_checks(size: tuple[int, int], divisible: int) -> dict[str, tuple[Tensor, ...]]:
+    """The example size, transposed, and a larger one (rounded up to a multiple of divisible)."""
     h, w = size
-    sizes = [size, (w, h), (h + 37, w + 21)]
+    sizes = [size, (w, h), (-(-(h + 37) // divisible) * divisible, -(-(w + 21) // divisible) * divisible)]
     torch.manual_seed(0)
     return {f"{a}x{b}": (torch.randn(1, 3, a, b),) for a, b in sizes}
 
@@ -94,11 +101,14 @@ def classifier_export(args, parser) -> Export:
     return tensor_export(model.eval(), ["logits"], args.size or (224, 224), parser)
 
 
-def tensor_export(model: nn.Module, output_names: list[str], size, parser) -> Export:
-    if min(size) < MIN_DYNAMIC_SIDE:
-        parser.error(f"--size {size[0]}x{size[1]}: a dynamic export needs at least {MIN_DYNAMIC_SIDE} pixels per side")
-    checks = random_checks(size)
-    return Export(model, next(iter(checks.values())), checks, (image_dims(),), ["images"], output_names)
+def tensor_export(model: nn.Module, output_names: list[str], size, parser, divisible: int = 1) -> Export:
+    """A classifier (divisible 1) or a backbone whose FPN needs sides divisible by ``divisible``."""
+    minimum = MIN_DYNAMIC_SIDE if divisible == 1 else divisible * MIN_FPN_BLOCKS
+    if min(size) < minimum or size[0] % divisible or size[1] % divisible:
+        parser.error(f"--size {size[0]}x{size[1]}: a dynamic export needs at least {minimum} pixels per side"
+                     + (f", in multiples of {divisible} (the FPN's size divisibility)" if divisible > 1 else ""))
+    checks = random_checks(size, divisible)
+    return Export(model, next(iter(checks.values())), checks, (image_dims(2, divisible),), ["images"], output_names)
 
 
 def load_detectron2_model(args):
@@ -150,12 +160,9 @@ def detector_export(args, parser) -> Export:
     checks = {label: detector.pad(image) for label, image in images.items()}
     example = checks[first]
     d = max(1, model.backbone.size_divisibility)
-    # sides as d * blocks: the padded size, in the form the exporter can reason about
-    height, width = (torch.export.Dim(f"{n}_blocks", min=MIN_DETECTOR_BLOCKS, max=MAX_DYNAMIC_SIDE // d)
-                     for n in ("height", "width"))
-    dims = ({1: d * height, 2: d * width}, None)
-    if min(example[0].shape[1:]) < d * MIN_DETECTOR_BLOCKS:
-        parser.error(f"a dynamic detector export needs images of at least {d * MIN_DETECTOR_BLOCKS} pixels per side "
+    dims = (image_dims(1, d), None)
+    if min(example[0].shape[1:]) < d * MIN_FPN_BLOCKS:
+        parser.error(f"a dynamic detector export needs images of at least {d * MIN_FPN_BLOCKS} pixels per side "
                      f"after INPUT.MIN_SIZE_TEST resizing; {first} is {tuple(example[0].shape[1:])} padded")
     for label, inputs in checks.items():  # the module exported computes what the Detectron2 model does
         instances = model([{"image": images[label]}])[0]["instances"]
@@ -171,7 +178,8 @@ def detector_export(args, parser) -> Export:
 def backbone_export(args, parser) -> Export:
     cfg, model = load_detectron2_model(args)
     wrapped = FeatureList(model.backbone).eval()
-    return tensor_export(wrapped, wrapped.names, args.size or (320, 480), parser)
+    return tensor_export(wrapped, wrapped.names, args.size or (320, 480), parser,
+                         max(1, model.backbone.size_divisibility))
 
 
 def image_side(inputs: tuple[Tensor, ...]) -> float:

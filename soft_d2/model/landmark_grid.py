@@ -54,7 +54,7 @@ def exported_landmark_input_size(height: int, width: int, sr_ratio: int, max_lan
     grid = (hw // s).clamp(min=1)
     bound = torch.full((), max_landmarks, dtype=torch.int64)  # a tensor operand on both sides of //
     bounded = torch.stack(bounded_landmark_grid(grid[0], grid[1], bound)) * s
-    size = torch.where(grid.prod() > max_landmarks, bounded, hw.clamp(min=s))
+    size = torch.where(grid.prod() > bound, bounded, hw.clamp(min=s))
     out_h, out_w = size.tolist()
     for out, side in ((out_h, height), (out_w, width)):
         torch._check(out >= s)
