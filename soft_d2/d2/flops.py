@@ -11,7 +11,8 @@ gives every operator of SOFT's trace a handle, keyed by the name the trace shows
 - the Newton solve and inverse (``prim::PythonOp._NewtonSolve`` / ``_NewtonInverse``, and
   ``soft_d2::newton_solve`` should the solve become a custom operator);
 - stage 4's ``aten::scaled_dot_product_attention``;
-- the elementwise operators of the attention (exp, squares, sums, GELU): not counted.
+- the elementwise operators of the attention (exp, squares, sums, GELU) and the landmark grid's
+  size arithmetic: not counted.
 
 Convention: fvcore's, one multiply-add = 1 flop (MACs); elementwise work is not counted. With m
 landmarks, N tokens, head dim d (and e columns on the right, e = d in the model), per matrix:
@@ -145,10 +146,11 @@ SOFT_FLOP_HANDLES: dict[str, Handle] = {
     "aten::scaled_dot_product_attention": sdpa_flops,
 }
 
-# Elementwise and reduction ops of SOFT's trace (Gaussian kernel, SOFT-Norm's D, GELU) and UperNet's
-# dropout (identity in eval): not counted, like the elementwise ops Detectron2's FlopCountAnalysis skips.
+# Elementwise and reduction ops of SOFT's trace (Gaussian kernel, SOFT-Norm's D, GELU), the landmark grid's
+# size arithmetic on traced scalar sizes (minimum, maximum, where) and UperNet's dropout (identity in eval):
+# not counted, like the elementwise ops Detectron2's FlopCountAnalysis skips.
 UNCOUNTED_OPS = ("aten::exp_", "aten::exp", "aten::square", "aten::sum", "aten::gelu", "aten::abs", "aten::amax",
-                 "aten::feature_dropout")
+                 "aten::minimum", "aten::maximum", "aten::where", "aten::feature_dropout")
 
 
 def add_soft_flop_handles(analysis: fvcore.nn.JitModelAnalysis) -> fvcore.nn.JitModelAnalysis:
