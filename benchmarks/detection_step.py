@@ -65,6 +65,21 @@ def synthetic_batch(height: int, width: int):
     return [{"image": image, "instances": inst, "height": height, "width": width}]
 
 
+def train_step(model, optimizer, batch, precision: str) -> None:
+    """One forward, backward and AdamW update; the backward and the update are labelled for
+    torch.profiler (profile_step.py)."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        losses = model(batch)
+    loss = sum(v.float() for v in losses.values())
+    optimizer.zero_grad()
+    with torch.profiler.record_function("group:backward"):
+        loss.backward()
+    with torch.profiler.record_function("group:optimizer"):
+        optimizer.step()
+
+
 def run_case(case: str, steps: int, height: int, width: int) -> dict:
     import torch
     from detectron2.utils.events import EventStorage
@@ -77,12 +92,7 @@ def run_case(case: str, steps: int, height: int, width: int) -> dict:
     with EventStorage(0):
         for step in range(steps + 1):
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                losses = model(batch)
-            loss = sum(v.float() for v in losses.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, batch, precision)
             if step:  # the first step is a warm-up (allocator, oneDNN primitive caches)
                 times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

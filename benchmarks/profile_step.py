@@ -6,9 +6,9 @@
     python benchmarks/profile_step.py --what step --model r50
 
 Prints, per case, the operators with the most self CPU time (after one warm-up run), the
-time per module group (backbone stages, FPN, RPN, RoI heads: record_function labels around
-their forwards, so backward time is not in them; the step's backward and optimizer are groups of
-their own). Times are the profiler's, on the calling thread (an op's intra-op threads are inside
+time per module group (the backbone's stages; in the step, SOFT, SOFT + FPN, RPN and RoI heads:
+record_function labels around their forwards, so backward time is not in them; the step's
+backward and optimizer update are groups of their own, labelled in detection_step.train_step). Times are the profiler's, on the calling thread (an op's intra-op threads are inside
 its own time); the profiler slows many small ops down. Nothing is written.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def profile_backbone(top: int, kernel_method: str) -> None:
     import soft_d2  # noqa: F401  (registers the timm models)
 
     model = timm.create_model("soft_norm_tiny", max_landmarks=100, kernel_method=kernel_method).eval()
-    label_forwards(model, {f"stages.{i}" for i in range(4)} | {"patch_embed"})
+    label_forwards(model, {f"stages.{i}" for i in range(4)})
     x = torch.randn(1, 3, 800, 1344)
     with torch.no_grad():
         model.forward_intermediates(x, intermediates_only=True)
@@ -77,29 +77,17 @@ def profile_step(top: int, model_name: str, precision: str) -> None:
     import torch
     from detectron2.utils.events import EventStorage
 
-    from detection_step import build, synthetic_batch
+    from detection_step import build, synthetic_batch, train_step
 
     model = build(model_name)
-    groups = {"backbone.bottom_up", "backbone", "proposal_generator", "roi_heads"}
-    label_forwards(model, groups)
+    label_forwards(model, {"backbone.bottom_up", "backbone", "proposal_generator", "roi_heads"})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     batch = synthetic_batch(800, 1333)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            losses = model(batch)
-        loss = sum(v.float() for v in losses.values())
-        optimizer.zero_grad()
-        with torch.profiler.record_function("group:backward"):
-            loss.backward()
-        with torch.profiler.record_function("group:optimizer"):
-            optimizer.step()
-
     with EventStorage(0):
-        step()
+        train_step(model, optimizer, batch, precision)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
-            step()
+            train_step(model, optimizer, batch, precision)
             wall = time.perf_counter() - start
     print(f"\n## Mask R-CNN training step ({model_name}, {precision}), 800x1333, {torch.get_num_threads()} threads\n")
     summarize(prof, wall, top)
