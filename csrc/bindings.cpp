@@ -1,11 +1,14 @@
 // Python bindings of soft_d2._C: input checks, dtype/layout preparation and the choice between
 // the fused CUDA forward and the streamed engine. Autograd lives in soft_d2/ops/compiled.py.
+// Also the CPU RoIAlign backward (roi_align_cpu.cpp), registered for torchvision's op by
+// soft_d2/ops/roi_align.py.
 #include <torch/extension.h>
 
 #include <string>
 #include <vector>
 
 #include "gaussian_kernel.h"
+#include "roi_align.h"
 
 namespace soft_d2 {
 namespace {
@@ -140,12 +143,17 @@ bool built_with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace soft_d2;
-  m.doc() = "soft_d2 Gaussian-kernel ops (CPU streamed engine; CUDA fused forward when built)";
+  m.doc() =
+      "soft_d2 Gaussian-kernel ops (CPU streamed engine; CUDA fused forward when built) and the "
+      "CPU RoIAlign backward";
   m.def("gaussian_kernel_forward", &gaussian_kernel_forward);
   m.def("gaussian_kernel_backward", &gaussian_kernel_backward);
   m.def("kernel_matmul_forward", &kernel_matmul_forward);
   m.def("kernel_matmul_backward", &kernel_matmul_backward);
   m.def("kernel_t_matmul_forward", &kernel_t_matmul_forward);
   m.def("kernel_t_matmul_backward", &kernel_t_matmul_backward);
+  // Pure C++ on tensors: the GIL is released while it runs (it can take a while on large inputs).
+  m.def("roi_align_backward_cpu", &roi_align_backward_cpu,
+        py::call_guard<py::gil_scoped_release>());
   m.def("built_with_cuda", &built_with_cuda);
 }
