@@ -26,6 +26,7 @@ from PIL import Image
 from soft_d2.config import load_config
 from soft_d2.d2 import SoftDetectionCheckpointer
 from soft_d2.detection.visualize import Predictor, draw_image_predictions
+from soft_d2.utils.cpu_allocator import keep_freed_memory
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -65,6 +66,8 @@ def main(argv=None) -> list[str]:
     args = get_parser().parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg)
+    if cfg.MODEL.DEVICE == "cpu":
+        keep_freed_memory()
     inputs = expand_inputs(args.input)
     model = build_model(cfg)
     SoftDetectionCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)

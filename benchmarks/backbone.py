@@ -61,6 +61,9 @@ def run_case(spec: dict) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from soft_d2.utils.cpu_allocator import keep_freed_memory
+
+    keep_freed_memory()  # the same allocator setting for every backbone, as the trainers use
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)  # the same weights and input in every case
     net, fwd = build(spec["model"], spec["bound"])

@@ -26,10 +26,13 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 
 import soft_d2  # noqa: F401  (registers the SOFT variants with timm)
+from soft_d2.utils.cpu_allocator import keep_freed_memory
 
 
 def measure(model_name: str, device: str, precision: str, batch: int, size: int, steps: int,
             kernel_method: str, channels_last: bool) -> dict:
+    if device == "cpu":
+        keep_freed_memory()  # as classification/train.py does on the CPU
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=1000, kernel_method=kernel_method).to(device)
     if channels_last:

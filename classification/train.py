@@ -42,6 +42,7 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 import soft_d2  # noqa: F401  (registers the SOFT variants with timm)
+from soft_d2.utils.cpu_allocator import keep_freed_memory
 from soft_d2.utils.runtime import amp_dtype, fused_optimizer_options, kernel_method, share_cpu_threads
 from classification import checkpoint as ckpt
 from classification import data as cls_data
@@ -67,6 +68,7 @@ def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if not use_cuda:
         share_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        keep_freed_memory()
     return rank, world_size, device
 
 
