@@ -13,10 +13,6 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
-# Sources compiled with -fopenmp: at::parallel_for (an inline template) runs its range on the
-# calling thread alone in code compiled without OpenMP. The OpenMP runtime symbols resolve to the
-# libgomp that libtorch_cpu loads, so nothing more is linked.
-OPENMP_SOURCES = ("roi_align_cpu.cpp",)
 
 
 def read_version() -> str:
@@ -45,7 +41,10 @@ def extension_setup() -> dict:
         return {}
     sources = [str((CSRC / name).relative_to(ROOT))
                for name in ("bindings.cpp", "tiled_engine.cpp", "roi_align_cpu.cpp")]
-    cxx = ["-O3"]  # the C++ standard is the one torch's cpp_extension picks for its headers
+    # The C++ standard is the one torch's cpp_extension picks for its headers. -fopenmp: the engines'
+    # at::parallel_for (an inline template) runs its whole range on the calling thread in code
+    # compiled without OpenMP; the runtime symbols resolve to the libgomp libtorch_cpu loads.
+    cxx = ["-O3", "-fopenmp"]
     if want_cuda(cpp_extension):
         ext = cpp_extension.CUDAExtension(
             "soft_d2._C",
@@ -66,29 +65,6 @@ class OptionalBuildExt:
         base = cpp_extension.BuildExtension.with_options(use_ninja=True)
 
         class Build(base):
-            def build_extension(self, ext):
-                compile_all = self.compiler.compile  # torch's ninja compile, set by base
-
-                def compile_split(sources, *args, extra_postargs=None, **kwargs):
-                    openmp = [s for s in sources if Path(s).name in OPENMP_SOURCES]
-                    rest = [s for s in sources if s not in openmp]
-                    objects = []
-                    if rest:
-                        objects += compile_all(rest, *args, extra_postargs=extra_postargs, **kwargs)
-                    if openmp:
-                        if isinstance(extra_postargs, dict):
-                            flags = {**extra_postargs, "cxx": [*extra_postargs["cxx"], "-fopenmp"]}
-                        else:
-                            flags = [*(extra_postargs or []), "-fopenmp"]
-                        objects += compile_all(openmp, *args, extra_postargs=flags, **kwargs)
-                    return objects
-
-                self.compiler.compile = compile_split
-                try:
-                    super().build_extension(ext)
-                finally:
-                    self.compiler.compile = compile_all
-
             def run(self):
                 try:
                     super().run()

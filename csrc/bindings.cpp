@@ -138,6 +138,16 @@ bool built_with_cuda() {
 #endif
 }
 
+// How many threads an at::parallel_for of this extension runs on: 1 when it was compiled without
+// OpenMP (the inline template then runs serially), whatever torch.get_num_threads() says.
+int64_t parallel_threads() {
+  std::vector<char> seen(at::get_num_threads(), 0);
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) { seen[at::get_thread_num()] = 1; });
+  int64_t n = 0;
+  for (char s : seen) n += s;
+  return n;
+}
+
 }  // namespace
 }  // namespace soft_d2
 
@@ -156,4 +166,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("roi_align_backward_cpu", &roi_align_backward_cpu,
         py::call_guard<py::gil_scoped_release>());
   m.def("built_with_cuda", &built_with_cuda);
+  m.def("parallel_threads", &parallel_threads);
 }

@@ -15,6 +15,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 
@@ -87,7 +88,12 @@ Schedule make_schedule(const at::Tensor& a, int64_t cols, int64_t tile_rows,
 template <typename Fn>
 void for_each_tile(const Schedule& s, const Fn& fn) {
   if (s.per_head) {
+    // The ATen ops of a tile dispatch on OpenMP worker threads too: they get the caller's
+    // thread-local state (grad mode, dispatch keys), or autograd would see out= ops on inputs
+    // that require grad.
+    const at::ThreadLocalState caller_state;
     at::parallel_for(0, s.heads * s.tiles, s.grain, [&](int64_t begin, int64_t end) {
+      at::ThreadLocalStateGuard state_guard(caller_state);
       const int64_t slot = std::min<int64_t>(at::get_thread_num(), s.slots - 1);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t head = item / s.tiles;

@@ -116,3 +116,21 @@ def test_autocast_inputs_give_float32():
         out = ops.gaussian_kernel_matmul(a, b, x, "compiled")
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ops.gaussian_kernel_matmul(a, b, x, "torch"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_engine_tiles_run_on_every_thread(op):
+    """The engine's tile loop is an at::parallel_for, serial unless the extension is compiled with
+    OpenMP; its tiles call ATen ops on the worker threads, which must see the caller's grad mode
+    (else autograd rejects their out= products in the backward)."""
+    from soft_d2.ops import extension
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert extension.compiled_module().parallel_threads() == 2, "soft_d2._C runs its loops on one thread"
+        # 6 heads x 8 tiles of 256 x 256: tiles worth a thread each (small tiles would be grouped
+        # into one task on the calling thread)
+        check_forward_backward(op, "compiled", (2, 3), 2048, 256, 32, 16, torch.float32, "cpu", 2e-5, tile_rows=256)
+    finally:
+        torch.set_num_threads(before)
