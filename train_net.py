@@ -30,8 +30,10 @@ from soft_d2.config import load_config
 from soft_d2.d2 import SoftDetectionCheckpointer, SoftTrainer, prepare_dataset
 from soft_d2.detection import DetectionDatasetMapper
 from soft_d2.detection.visualize import save_dataset_predictions
+from soft_d2.ops.roi_align import use_parallel_roi_align_backward
 from soft_d2.segmentation import build_sem_seg_mapper
 from soft_d2.segmentation.visualize import save_sem_seg_predictions
+from soft_d2.utils.cpu_allocator import keep_freed_memory
 from soft_d2.utils.files import atomic_write
 from soft_d2.utils.runtime import share_cpu_threads
 
@@ -107,6 +109,8 @@ def main(args):
     cfg = setup(args)
     if cfg.MODEL.DEVICE == "cpu":
         share_cpu_threads(comm.get_local_size())
+        keep_freed_memory()
+        use_parallel_roi_align_backward()  # torchvision's CPU kernel runs on one thread
     prepare_all(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)

@@ -77,6 +77,12 @@ def profile_step(top: int, model_name: str, precision: str) -> None:
     import torch
     from detectron2.utils.events import EventStorage
 
+    from soft_d2.ops.roi_align import use_parallel_roi_align_backward
+    from soft_d2.utils.cpu_allocator import keep_freed_memory
+
+    keep_freed_memory()  # as train_net.py does on the CPU, for every model
+    use_parallel_roi_align_backward()
+
     from detection_step import build, synthetic_batch, train_step
 
     model = build(model_name)
