@@ -17,9 +17,11 @@ from torch.autograd.function import once_differentiable
 from .gaussian import batched_matmul, gaussian_kernel_torch
 
 # Above this many elements of G (all batch/head dims), G is streamed: 64 MB in float32. Below it,
-# one GEMM and one exp beat the tile loop's thousands of small calls (SOFT-Tiny-Norm at 800x1344
-# under the detection bound has 5.6M; the faithful function there, 70M per image).
+# one GEMM and one exp beat the tile loop's thousands of small calls (SOFT-Tiny-Norm's stage 1 on
+# one 800x1344 image under the detection bound: 11.3M; the faithful function there: 141M).
 STREAM_ELEMENTS = 1 << 24
+# Elements of G per streamed chunk: 16 MB in float32, so a chunk's G is reused while in cache.
+CHUNK_ELEMENTS = 1 << 22
 
 
 def should_stream(a: Tensor, b: Tensor) -> bool:
@@ -36,7 +38,7 @@ def chunk_rows(a: Tensor, b: Tensor, tile_rows: int | None) -> int:
     if tile_rows:
         return max(1, tile_rows)
     per_row = math.prod(a.shape[:-2]) * b.shape[-2]
-    return max(1, STREAM_ELEMENTS // max(per_row, 1))
+    return max(1, min(STREAM_ELEMENTS, CHUNK_ELEMENTS) // max(per_row, 1))
 
 
 def _common(*tensors: Tensor) -> tuple[Tensor, ...]:

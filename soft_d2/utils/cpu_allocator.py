@@ -2,8 +2,8 @@
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh mmap and
 unmaps it on free. A detection step at 800x1333 allocates and frees hundreds of such activations,
-so every step faults all of their pages in again: on a 2-core CPU that was about a quarter of the
-step's wall time, spent in the kernel (docs/benchmarks.md). With mmap off and trimming off, freed
+so every step faults all of their pages in again: on a 2-core CPU the Mask R-CNN step took 1.5x
+as long, the extra time spent in the kernel (docs/benchmarks.md). With mmap off and trimming off, freed
 blocks go back to malloc's heap and the next step reuses them; the process keeps its peak size.
 
 Set SOFT_D2_KEEP_FREED_MEMORY=0 to leave malloc as it is; a GLIBC_TUNABLES malloc setting is left
@@ -34,5 +34,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # mallopt returns 1 on success; the largest int trim threshold is 2 GiB short of "never".
+    # mallopt returns 1 on success. The largest int threshold: trimmed only past 2 GiB free at the top.
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
