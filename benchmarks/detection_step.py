@@ -10,9 +10,12 @@ training step of the from-scratch quickstarts.
 Each case runs in its own subprocess (clean memory high-water mark); --rounds repeats the cases in
 alternation. COCO cases: the published config (80 classes), one 800x1333 image with two synthetic
 instances (polygon masks). Quickstart cases: the quickstart config as shipped (bf16 autocast), four
-256x320 images with two instances each. One warm-up step, then the median of --steps full steps
-(forward, backward, AdamW update); with --inference, eval mode under torch.no_grad (the images
-only, as a predictor runs them). Peak memory is the process's maximum resident set. Prints a
+256x320 images with two instances each. Every model's FrozenBN statistics are first set from the
+batch (calibrate_frozen_bn). One warm-up step, then the median of --steps full steps (forward,
+backward, AdamW update). With --inference: eval mode under torch.no_grad (the images only, as a
+predictor runs them), score threshold 0 and no suppression (NMS threshold 1), so that every model,
+its weights random, sends 1000 proposals to the box head and 100 detections to the mask head, as
+a trained one does on a busy image. Peak memory is the process's maximum resident set. Prints a
 Markdown table; nothing is written.
 """
 from __future__ import annotations
@@ -43,7 +46,7 @@ NAMES = {"soft": "SOFT-Tiny-Norm (bounded, 100)", "r50": "R50 (detectron2)",
          "quickstart-mask": "quickstart Mask R-CNN", "quickstart-retina": "quickstart RetinaNet"}
 
 
-def build(model_name: str):
+def build(model_name: str, inference: bool = False):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -61,9 +64,36 @@ def build(model_name: str):
         cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
+    if inference:  # random weights score boxes arbitrarily: every model gets the full head workload
+        cfg.MODEL.RPN.NMS_THRESH = 1.0  # POST_NMS_TOPK_TEST (1000) proposals to the box head
+        cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # DETECTIONS_PER_IMAGE (100) boxes to the mask head
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
     model = build_model(cfg)
     model.train()
     return model
+
+
+def calibrate_frozen_bn(model, batch) -> None:
+    """Set every FrozenBatchNorm2d's statistics to those of its input on ``batch``, in one forward.
+    Random weights with FrozenBN's identity statistics leave R50's features at ~2e4 (its boxes
+    degenerate, its inference with no detections); calibrated, every model's activations have a
+    trained network's scale, so the heads do a trained model's work."""
+    import torch
+    from detectron2.layers import FrozenBatchNorm2d
+
+    def set_stats(module, inputs):
+        x = inputs[0].detach().double()
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+
+    hooks = [m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    try:
+        with torch.no_grad():
+            model.backbone(model.preprocess_image(batch).tensor)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def synthetic_batch(height: int, width: int, images: int = 1, num_classes: int = 80):
@@ -118,9 +148,10 @@ def run_case(case: str, steps: int, height: int, width: int, inference: bool = F
     keep_freed_memory()  # as train_net.py does on the CPU, for every model
     use_parallel_roi_align_backward()
     model_name, precision = case.split(":")
-    model = build(model_name)
+    model = build(model_name, inference)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     batch = synthetic_batch(**QUICKSTART_BATCH) if model_name in QUICKSTART_CONFIGS else synthetic_batch(height, width)
+    calibrate_frozen_bn(model, batch)
     if inference:
         model.eval()
     times = []

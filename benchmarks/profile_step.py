@@ -83,12 +83,13 @@ def profile_step(top: int, model_name: str, precision: str) -> None:
     keep_freed_memory()  # as train_net.py does on the CPU, for every model
     use_parallel_roi_align_backward()
 
-    from detection_step import build, synthetic_batch, train_step
+    from detection_step import build, calibrate_frozen_bn, synthetic_batch, train_step
 
     model = build(model_name)
     label_forwards(model, {"backbone.bottom_up", "backbone", "proposal_generator", "roi_heads"})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     batch = synthetic_batch(800, 1333)
+    calibrate_frozen_bn(model, batch)
     with EventStorage(0):
         train_step(model, optimizer, batch, precision)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
