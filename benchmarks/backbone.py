@@ -87,15 +87,18 @@ def run_case(spec: dict) -> dict:
     return dict(spec, time_s=statistics.median(times), peak_mb=peak / 2**20, gflops=counter.get_total_flops() / 1e9)
 
 
-def case_in_subprocess(spec: dict, timeout: float) -> dict:
+def case_in_subprocess(spec: dict, timeout: float, script: str = __file__) -> dict:
+    """``script --case JSON`` in a fresh process: its last stdout line as JSON, or the spec with an
+    error (the last stderr line, or the timeout)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
-        proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True,
+        proc = subprocess.run([sys.executable, script, "--case", json.dumps(spec)], capture_output=True,
                               text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return dict(spec, error=f"over {timeout:.0f} s")
     if proc.returncode != 0:
-        return dict(spec, error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
+        lines = proc.stderr.strip().splitlines()
+        return dict(spec, error=lines[-1] if lines else f"exit status {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -32,15 +32,13 @@ import math
 import os
 import re
 import statistics
-import subprocess
-import sys
 import time
 
 # Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # benchmarks/ is on sys.path when this file runs as a script
-from backbone import DOC, ROOT, fmt, machine, max_rss_bytes  # noqa: E402
+from backbone import DOC, ROOT, case_in_subprocess, fmt, machine, max_rss_bytes  # noqa: E402
 
 PLOT = ROOT / "docs" / "peers_cost.png"
 SIZES = [(224, 224), (512, 512), (800, 1344)]
@@ -182,19 +180,6 @@ def run_case(spec: dict) -> dict:
     return dict(spec, **result, keep_freed_memory=bool(kept))
 
 
-def case_in_subprocess(spec: dict, timeout: float) -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True,
-                              text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return dict(spec, error=f"over {timeout:.0f} s")
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return dict(spec, error=lines[-1] if lines else f"exit status {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 # ------------------------------------------------------------------------------------ driver
 def size_label(size) -> str:
     return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
@@ -326,7 +311,7 @@ def main() -> None:
                 key = case_key(spec)
                 if any("error" in r and r["error"].startswith("over ") for r in runs.get(key, [])):
                     continue  # timed out in an earlier round: not run again
-                r = case_in_subprocess(spec, args.timeout)
+                r = case_in_subprocess(spec, args.timeout, __file__)
                 runs.setdefault(key, []).append(r)
                 name, mode = model_label(e)
                 what = spec["kind"] + (f" {size_label(spec['size'])}" if "size" in spec else "")
