@@ -4,8 +4,8 @@ registration as the CPU kernel of torchvision's ``_roi_align_backward``.
 The kernel is compared bit for bit with torchvision's own CPU kernel and, in float64, with a
 scalar reference written here from RoIAlign's definition. Registering it replaces torchvision's
 kernel for the whole process, so everything that needs the registration runs in one subprocess
-(``registered`` below); this pytest process keeps torchvision's kernel, which the comparisons
-here rely on.
+(``registered`` below); the tests in this process run with torchvision's own kernel, which the
+comparisons here rely on (the ``torchvision_kernel`` fixture).
 """
 from __future__ import annotations
 
@@ -31,6 +31,20 @@ if _C is None or not hasattr(_C, "roi_align_backward_cpu"):
                 allow_module_level=True)
 
 torchvision_backward = torch.ops.torchvision._roi_align_backward
+
+
+@pytest.fixture(autouse=True)
+def torchvision_kernel():
+    """torchvision's own CPU kernel during each test here, even where an earlier test of this
+    pytest process (train_net.py's main) registered ours; the registration is restored after."""
+    library = ra._LIBRARY
+    if library is not None:
+        library._destroy()
+        ra._LIBRARY = None
+    yield
+    if library is not None:
+        ra._LIBRARY = None
+        assert ra.use_parallel_roi_align_backward()
 
 
 def random_rois(n: int, batch: int, height: int, width: int, scale: float, gen) -> torch.Tensor:
