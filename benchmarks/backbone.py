@@ -214,6 +214,15 @@ def write_doc(rows, trade, where: str, bound: int) -> None:
     DOC.write_text(text)
 
 
+def style_cost_axes(axes) -> None:
+    """Time and memory panels against input megapixels, log y (this plot and peers.py's)."""
+    for ax, ylabel in zip(axes, ["forward time (s)", "peak memory (MB)"]):
+        ax.set_xlabel("input megapixels")
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+
+
 def write_plot(rows) -> None:
     import matplotlib
 
@@ -232,11 +241,7 @@ def write_plot(rows) -> None:
         pts.sort()
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=label)
-    for ax, ylabel in zip(axes, ["forward time (s)", "peak memory (MB)"]):
-        ax.set_xlabel("input megapixels")
-        ax.set_ylabel(ylabel)
-        ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
+    style_cost_axes(axes)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110)

@@ -38,7 +38,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # benchmarks/ is on sys.path when this file runs as a script
-from backbone import DOC, ROOT, case_in_subprocess, fmt, machine, max_rss_bytes  # noqa: E402
+from backbone import DOC, ROOT, case_in_subprocess, fmt, machine, max_rss_bytes, style_cost_axes  # noqa: E402
 
 PLOT = ROOT / "docs" / "peers_cost.png"
 SIZES = [(224, 224), (512, 512), (800, 1344)]
@@ -407,11 +407,7 @@ def write_plot(entries: list[dict], summary: dict, sizes) -> None:
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
             mem = [p for p in pts if p[2] > 0]  # a log axis has no zero
             axes[1].plot([p[0] for p in mem], [p[2] for p in mem], marker="o", label=label)
-    for ax, ylabel in zip(axes, ["forward time (s)", "peak memory (MB)"]):
-        ax.set_xlabel("input megapixels")
-        ax.set_ylabel(ylabel)
-        ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
+    style_cost_axes(axes)
     if axes[0].lines:
         axes[0].legend(fontsize=7)
     fig.tight_layout()
