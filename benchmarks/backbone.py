@@ -10,7 +10,7 @@ maximum resident set during the timed passes over what it held after building th
 tiny warm-up (so it is the forward's own working memory). FLOPs are counted once per case with
 torch.utils.flop_counter (matmul/conv/attention; one multiply-add = 2 FLOPs), SOFT on its torch
 path (the same products as PyTorch GEMMs; the compiled engine's operators count zero).
-Writes docs/benchmarks.md's backbone tables (between markers) and docs/backbone_cost.png.
+Writes docs/BENCHMARKS.md's backbone tables (between markers) and docs/backbone_cost.png.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
 PLOT = ROOT / "docs" / "backbone_cost.png"
 SIZES = [(224, 224), (448, 448), (640, 640), (800, 1344), (1024, 1792)]
 

@@ -10,7 +10,7 @@
     # 4. seconds per training iteration of that detector in each setting (quiet machine)
     python benchmarks/landmark_bound.py cost
 
-Each command writes its own table into docs/benchmarks.md (between its markers; nothing else in
+Each command writes its own table into docs/BENCHMARKS.md (between its markers; nothing else in
 the file changes) and keeps its raw numbers under .cache/bench/. Finished detection runs are kept
 (output/landmark_bound/<run>/results.json) and not run again.
 """
@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from backbone import machine  # noqa: E402  (benchmarks/ is on sys.path when this file runs as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
 CACHE = ROOT / ".cache" / "bench"
 PRETRAINED = ROOT / "output" / "landmark_bound" / "pretrain" / "best.pth"
 DET_CONFIG = ROOT / "benchmarks" / "configs" / "retinanet_landmark_bound_512.yaml"
@@ -43,7 +43,7 @@ TRAIN_SIZE = 160
 
 
 def write_section(name: str, command: str, body: str) -> None:
-    """Replace (or append) the ``name`` section of docs/benchmarks.md, which ``command`` writes."""
+    """Replace (or append) the ``name`` section of docs/BENCHMARKS.md, which ``command`` writes."""
     begin = f"<!-- {name}:begin (written by benchmarks/landmark_bound.py {command}) -->\n"
     end = f"<!-- {name}:end -->\n"
     text = DOC.read_text() if DOC.exists() else ""

@@ -13,7 +13,7 @@ process's resident-set high-water mark minus the resident set before the first r
 memory the computation itself needs.
 
   python benchmarks/ops.py                   # CPU table, printed
-  python benchmarks/ops.py --write docs/benchmarks.md
+  python benchmarks/ops.py --write docs/BENCHMARKS.md
   python benchmarks/ops.py --device cuda     # times with CUDA events, peak = torch.cuda.max_memory_allocated
 """
 from __future__ import annotations

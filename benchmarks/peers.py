@@ -21,7 +21,7 @@ the detection default's landmark bound and faithful (unbounded). Measured per mo
 Each (model, measurement) runs in its own subprocess; --rounds rounds run every case in turn, so
 slow drift of a shared machine falls on all models alike. A case's value is the median over rounds
 of its per-round medians. Parameter and FLOP counts do not vary and are made once.
-Prints a Markdown table and, as its last line, the JSON of every result; writes docs/benchmarks.md's
+Prints a Markdown table and, as its last line, the JSON of every result; writes docs/BENCHMARKS.md's
 "peers" section (between markers) and docs/peers_cost.png unless --no-write.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ median of --repeats passes. Cases:
   compile time (first call) is reported apart;
 - torch.export: the exported program (tools/export_model.py's), run as a module;
 - ONNX: the same program through torch.onnx.export and onnxruntime (CPU).
-Prints a markdown table; the numbers in docs/benchmarks.md come from it.
+Prints a markdown table; the numbers in docs/BENCHMARKS.md come from it.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from ..utils.runtime import kernel_method
 # MODEL.SOFT.MAX_LANDMARKS default: every Detectron2 config runs at detection size, where the release's
 # landmark count grows with the image (~1050 at 800x1344). At 224 every stage has 7 x 7 = 49 landmarks,
 # so ImageNet weights see the function they were trained with. Chosen from accuracy and cost on trained
-# weights (docs/benchmarks.md, "The landmark bound on trained weights").
+# weights (docs/BENCHMARKS.md, "The landmark bound on trained weights").
 DEFAULT_MAX_LANDMARKS = 100
 
 # MODEL.SOFT key -> SoftVisionTransformer constructor argument. Empty values ("" / []) keep the

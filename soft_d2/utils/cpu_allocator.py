@@ -3,7 +3,7 @@
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh mmap and
 unmaps it on free. A detection step at 800x1333 allocates and frees hundreds of such activations,
 so every step faults all of their pages in again: on a 2-core CPU the Mask R-CNN step took 1.5x
-as long, the extra time spent in the kernel (docs/benchmarks.md). With mmap off and trimming off, freed
+as long, the extra time spent in the kernel (docs/BENCHMARKS.md). With mmap off and trimming off, freed
 blocks go back to malloc's heap and the next step reuses them; the process keeps its peak size.
 
 Set SOFT_D2_KEEP_FREED_MEMORY=0 to leave malloc as it is; a GLIBC_TUNABLES malloc setting is left
