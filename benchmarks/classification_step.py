@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import timm

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]

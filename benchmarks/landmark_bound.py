@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from backbone import machine  # noqa: E402  (benchmarks/ is on sys.path when this file runs as a script)

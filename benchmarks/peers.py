@@ -34,7 +34,7 @@ import re
 import statistics
 import time
 
-# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # benchmarks/ is on sys.path when this file runs as a script

@@ -146,7 +146,7 @@ def test_config_errors_name_the_key():
 @pytest.mark.parametrize("config", ADE20K_CONFIGS, ids=["small", "medium"])
 def test_ade20k_config_builds_and_steps(config):
     cfg = load_cfg(config)
-    # The recipe as documented (README, config comments).
+    # The recipe as documented (docs/MODEL_ZOO.md, config comments).
     assert cfg.MODEL.SEM_SEG_HEAD.NAME == "UperNetHead" and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 150
     assert tuple(cfg.INPUT.CROP.SIZE) == (512, 512) and tuple(cfg.INPUT.SEG_RESIZE.RATIO_RANGE) == (0.5, 2.0)
     assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (160000, 16, 6e-5)

@@ -210,7 +210,7 @@ def test_torchscript_by_tracing_not_scripting():
     """TorchScript: torch.jit.trace at a fixed size matches eager; torch.jit.script is not supported
     (the Newton solve is a torch.autograd.Function with a closed-form gradient, which TorchScript
     cannot compile; PyTorch deprecates scripting for torch.export). If scripting ever works, the
-    README's statement must change with this test."""
+    statement in docs/DEPLOYMENT.md must change with this test."""
     model = small_soft(num_classes=5)
     x = torch.randn(2, 3, 64, 96)
     traced = torch.jit.trace(model, x, check_trace=False)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (README).
+# Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole user pipeline on built-in data (no download), the README's main job:
+# The whole user pipeline on built-in data (no download), the README's quick start:
 #   1. pretrain SOFT-Tiny-Norm on the built-in shapes classification set (classification/train.py),
 #   2. fine-tune Mask R-CNN from that checkpoint on the built-in detection set (train_net.py),
 #   3. evaluate (COCO box/mask AP) and draw predictions.
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # spin-waiting OpenMP slows shared CPUs (README)
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # spin-waiting OpenMP slows shared CPUs (docs/IMPLEMENTATION.md)
 
 CLS_CONFIG=classification/configs/quickstart_soft_norm_tiny_shapes.yaml
 DET_CONFIG=configs/quickstart/mask_rcnn_soft_norm_tiny_shapes_finetune.yaml

@@ -27,7 +27,7 @@ def bounded_landmark_grid(grid_h, grid_w, max_landmarks):
     return int_where(tall, b, a), int_where(tall, a, b)
 
 
-@torch.jit.ignore  # Python-only size arithmetic (TorchScript stops at the Newton solve, README)
+@torch.jit.ignore  # Python-only size arithmetic (TorchScript stops at the Newton solve, docs/DEPLOYMENT.md)
 def landmark_input_size(height: int, width: int, sr_ratio: int, max_landmarks: Optional[int]) -> Tuple[int, int]:
     """The query-grid size the stride-s landmark convolution is applied to (see ConvLandmarks):
     the grid itself stretched to at least s per side, or above the bound s times the bounded

@@ -8,7 +8,7 @@ import torch
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 
-@torch.jit.ignore  # Python-only; TorchScript keeps the call (and stops at the Newton solve, README)
+@torch.jit.ignore  # Python-only; TorchScript keeps the call (and stops at the Newton solve, docs/DEPLOYMENT.md)
 def known_equal(a: Tuple[int, int], b: Tuple[int, int]) -> bool:
     """True when the two sizes are equal and that is known without a shape guard.
 
