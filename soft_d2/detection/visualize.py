@@ -40,8 +40,17 @@ def draw_predictions(predictor: Predictor, path: str, metadata, threshold: float
 
 def draw_image_predictions(predictor: Predictor, image: np.ndarray, metadata, threshold: float) -> np.ndarray:
     """RGB picture of an image (in the predictor's INPUT.FORMAT) with its predictions above ``threshold``."""
+    return draw_image_instances(predictor, image, predictions_above(predictor, image, threshold), metadata)
+
+
+def predictions_above(predictor: Predictor, image: np.ndarray, threshold: float):
+    """The image's predicted instances with a score of at least ``threshold``."""
     instances = predictor(image)
-    instances = instances[instances.scores >= threshold]
+    return instances[instances.scores >= threshold]
+
+
+def draw_image_instances(predictor: Predictor, image: np.ndarray, instances, metadata) -> np.ndarray:
+    """RGB picture of an image (in the predictor's INPUT.FORMAT) with ``instances`` drawn on it."""
     rgb = image[:, :, ::-1] if predictor.format == "BGR" else image
     return draw_instances(rgb, instances, list(getattr(metadata, "thing_classes", [])))
 
