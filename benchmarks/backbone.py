@@ -10,20 +10,29 @@ maximum resident set during the timed passes over what it held after building th
 tiny warm-up (so it is the forward's own working memory). FLOPs are counted once per case with
 torch.utils.flop_counter (matmul/conv/attention; one multiply-add = 2 FLOPs), SOFT on its torch
 path (the same products as PyTorch GEMMs; the compiled engine's operators count zero).
-Writes docs/BENCHMARKS.md's backbone tables (between markers) and docs/backbone_cost.png.
+
+Writing (the rule of every benchmark script that writes, see doc_target): a full run writes the
+"backbone" section of docs/BENCHMARKS.md (only the text between its markers changes; see
+benchmarks/doc_sections.py) and docs/backbone_cost.png; --write FILE writes into FILE (the plot
+beside it) instead; --no-write prints only. --quick is a partial run: it prints only unless
+--write FILE is given. Each table is headed by one line naming the machine, thread count, torch,
+timm and detectron2 versions, the command and the date.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
-import re
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from doc_sections import write_section  # benchmarks/ is on sys.path when a script runs
 
 # Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -32,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 PLOT = ROOT / "docs" / "backbone_cost.png"
 SIZES = [(224, 224), (448, 448), (640, 640), (800, 1344), (1024, 1792)]
+PACKAGES = ("torch", "timm", "detectron2")  # the versions named above each table
 
 
 # ------------------------------------------------------------------------ one case (subprocess)
@@ -103,17 +113,79 @@ def case_in_subprocess(spec: dict, timeout: float, script: str = __file__) -> di
 
 
 # ------------------------------------------------------------------------------------ driver
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name (lscpu), else what the platform module knows."""
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
             if line.startswith("Model name"):
-                cpu = line.split(":", 1)[1].strip()
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import torch
+    return platform.processor() or platform.machine() or "unknown CPU"
 
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+def machine(device: str = "cpu") -> str:
+    """The CPU model and its core count; on CUDA the GPU's name and CUDA version first."""
+    where = f"{cpu_model()}, {os.cpu_count()} cores"
+    if device == "cuda":
+        import torch
+
+        where = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {where}"
+    return where
+
+
+def versions(packages) -> str:
+    """"torch 2.x, timm 1.x, ...": each package's __version__, or "not installed"."""
+    import importlib
+
+    out = []
+    for name in packages:
+        try:
+            out.append(f"{name} {importlib.import_module(name).__version__}")
+        except ImportError:
+            out.append(f"{name} not installed")
+    return ", ".join(out)
+
+
+def command_line(argv=None) -> str:
+    """The command that reruns this process from the repository root (``python SCRIPT ARGS``)."""
+    argv = sys.argv if argv is None else argv
+    script = Path(argv[0]).resolve()
+    shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
+    return shlex.join(["python", str(shown), *argv[1:]])
+
+
+def header_line(command: str, threads: int, packages=("torch",), device: str = "cpu") -> str:
+    """The line above every table a benchmark writes: machine, threads, software, command, date.
+
+    Machine: AMD EPYC, 2 cores, 2 threads; torch 2.14.1+cu130, timm 1.0.31; command: `python
+    benchmarks/peers.py`; date: 2026-01-31.  (one line)
+    """
+    return (f"Machine: {machine(device)}, {threads} threads; {versions(packages)}; "
+            f"command: `{command}`; date: {datetime.date.today().isoformat()}.")
+
+
+def add_write_options(parser) -> None:
+    """--write FILE and --no-write, the options of doc_target's rule."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", type=Path, metavar="FILE",
+                       help=f"write the section(s) into FILE (default on a full run: {DOC.relative_to(ROOT)})")
+    group.add_argument("--no-write", action="store_true", help="print only, write no file")
+
+
+def doc_target(write: Path | None, no_write: bool, partial: bool) -> Path | None:
+    """The file a benchmark writes its section(s) into, or None to print only. The rule of every
+    benchmark that writes: a full run writes docs/BENCHMARKS.md (``--write FILE``: that file
+    instead); ``--no-write`` prints only; a partial run (--quick, a subset of what a full run
+    measures) prints only unless ``--write FILE`` names the file explicitly."""
+    if no_write:
+        return None
+    if write is not None:
+        return Path(write)
+    if partial:
+        print("A partial run: printed only (--write FILE writes its section into FILE).", flush=True)
+        return None
+    return DOC
 
 
 def fmt(r: dict, key: str, spec: str) -> str:
@@ -128,7 +200,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bound", type=int, default=None, help="bounded mode's max_landmarks (default: the detection default)")
     parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--no-write", action="store_true", help="print only, leave docs/ alone")
+    add_write_options(parser)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
@@ -142,7 +214,7 @@ def main() -> None:
     if not args.quick:
         models[2:2] = [("soft_norm_small", bound), ("soft_norm_small", None)]
     common = dict(threads=args.threads, repeats=args.repeats)
-    print(machine())
+    print(header_line(command_line(), args.threads, PACKAGES), flush=True)
     rows = []
     for model, b in models:
         for size in sizes:
@@ -169,9 +241,10 @@ def main() -> None:
         print(f"bound {b}: {fmt(r, 'time_s', '.3f')} s", flush=True)
     trade.append(ref)
 
-    if not args.no_write:
-        write_doc(rows, trade, machine(), bound)
-        write_plot(rows)
+    target = doc_target(args.write, args.no_write, partial=args.quick)
+    if target is not None:
+        write_doc(rows, trade, bound, args.threads, target)
+        write_plot(rows, target.parent / PLOT.name)
 
 
 def table(rows: list[dict]) -> str:
@@ -195,23 +268,22 @@ def trade_table(trade: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(rows, trade, where: str, bound: int) -> None:
-    section = (
-        "<!-- backbone:begin (written by benchmarks/backbone.py) -->\n"
-        f"## Backbone cost versus input size\n\nMachine: {where}. Batch 1, no grad, median of timed passes; peak "
-        "memory = growth of the process's max RSS during the forward passes.\n"
-        f"Bounded mode: `max_landmarks={bound}` (the detection default).\n\n"
-        f"{table(rows)}\n\n![backbone cost](backbone_cost.png)\n\n"
+def write_doc(rows, trade, bound: int, threads: int, path: Path = DOC, command: str | None = None) -> None:
+    """The "backbone" section of the benchmarks document at ``path`` (nothing else in it changes)."""
+    from soft_d2.d2.config import DEFAULT_MAX_LANDMARKS
+
+    header = header_line(command or command_line(), threads, PACKAGES)
+    body = (
+        "## Backbone cost versus input size\n\n"
+        "Batch 1, no grad, median of timed passes; peak memory = growth of the process's max RSS during "
+        f"the forward passes. Bounded mode: `max_landmarks={bound}`"
+        f"{' (the detection default)' if bound == DEFAULT_MAX_LANDMARKS else ''}.\n\n"
+        f"{header}\n\n{table(rows)}\n\n![backbone cost](backbone_cost.png)\n\n"
         "### The landmark bound at 800x1344: cost (SOFT-Tiny-Norm)\n\n"
         "What each bound costs in accuracy, on trained weights: \"The landmark bound on trained weights\" below.\n\n"
-        f"{trade_table(trade)}\n"
-        "<!-- backbone:end -->\n"
+        f"{header}\n\n{trade_table(trade)}\n"
     )
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"<!-- backbone:begin.*?<!-- backbone:end -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text)
+    write_section(path, "backbone", body, "benchmarks/backbone.py")
 
 
 def style_cost_axes(axes) -> None:
@@ -223,7 +295,7 @@ def style_cost_axes(axes) -> None:
         ax.grid(True, alpha=0.3)
 
 
-def write_plot(rows) -> None:
+def write_plot(rows, path: Path = PLOT) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,7 +316,7 @@ def write_plot(rows) -> None:
     style_cost_axes(axes)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 The step is classification/train.py's: timm model with 1000 classes, label-smoothed cross-entropy,
 backward, fused AdamW with the trainer's parameter groups; synthetic inputs (no data loading, so
 this is the model's ceiling). One warm-up step, then the median of --steps timed steps; CUDA steps
-are synchronized. Prints a Markdown table; nothing is written.
+are synchronized. Prints a Markdown table and writes no file: its numbers are copied by hand into
+docs/BENCHMARKS.md (the classification throughput sections; tools/gpu_check.sh keeps the GPU's
+output in its $OUT/classification.md).
 """
 from __future__ import annotations
 

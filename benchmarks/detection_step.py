@@ -16,7 +16,8 @@ backward, AdamW update). With --inference: eval mode under torch.no_grad (the im
 predictor runs them), score threshold 0 and no suppression (NMS threshold 1), so that every model,
 its weights random, sends 1000 proposals to the box head and 100 detections to the mask head, as
 a trained one does on a busy image. Peak memory is the process's maximum resident set. Prints a
-Markdown table; nothing is written.
+Markdown table and writes no file: its numbers are copied by hand into docs/BENCHMARKS.md (the
+Mask R-CNN at COCO size and from-scratch quickstart sections), with the command that produced them.
 """
 from __future__ import annotations
 

@@ -10,9 +10,17 @@
     # 4. seconds per training iteration of that detector in each setting (quiet machine)
     python benchmarks/landmark_bound.py cost
 
-Each command writes its own table into docs/BENCHMARKS.md (between its markers; nothing else in
-the file changes) and keeps its raw numbers under .cache/bench/. Finished detection runs are kept
+Each command keeps its raw numbers under .cache/bench/. Finished detection runs are kept
 (output/landmark_bound/<run>/results.json) and not run again.
+
+Writing (the rule of every benchmark script that writes, see backbone.doc_target): a full run of a
+command writes its own section of docs/BENCHMARKS.md (landmark-features, landmark-detection,
+landmark-cost; only the text between its markers changes, see benchmarks/doc_sections.py);
+--write FILE writes into FILE instead; --no-write prints only. A partial run prints only unless
+--write FILE is given: features with --scales or --bounds other than the defaults, detection with
+--max-iter (a smoke run), cost with --bounds or --size other than the defaults. Each table is
+headed by one line naming the machine, thread count, torch, timm (and detectron2 for detection and
+cost) versions, the command and the date.
 """
 from __future__ import annotations
 
@@ -30,7 +38,9 @@ from pathlib import Path
 # Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from backbone import machine  # noqa: E402  (benchmarks/ is on sys.path when this file runs as a script)
+# benchmarks/ is on sys.path when this file runs as a script
+from backbone import add_write_options, command_line, doc_target, header_line  # noqa: E402
+from doc_sections import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -40,17 +50,21 @@ DET_CONFIG = ROOT / "benchmarks" / "configs" / "retinanet_landmark_bound_512.yam
 DET_OUTPUT = ROOT / "output" / "landmark_bound"
 BOUNDS = (49, 100, 196, 400)
 TRAIN_SIZE = 160
+FEATURE_SCALES = [1, 2, 3, 4]  # features: input sizes, in multiples of TRAIN_SIZE
+RUN_BOUNDS = [100, 196, 0]  # detection and cost: the settings (0: faithful)
+COST_SIZE = (512, 704)  # cost: the input size (H, W)
+PACKAGES = {"features": ("torch", "timm"), "detection": ("torch", "timm", "detectron2"),
+            "cost": ("torch", "timm", "detectron2")}  # the versions named above each command's table
 
 
-def write_section(name: str, command: str, body: str) -> None:
-    """Replace (or append) the ``name`` section of docs/BENCHMARKS.md, which ``command`` writes."""
-    begin = f"<!-- {name}:begin (written by benchmarks/landmark_bound.py {command}) -->\n"
-    end = f"<!-- {name}:end -->\n"
-    text = DOC.read_text() if DOC.exists() else ""
-    block = begin + body.rstrip("\n") + "\n" + end
-    pattern = re.compile(re.escape(f"<!-- {name}:begin") + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    DOC.write_text(text)
+def write_doc(which: str, intro: str, table: str, path: Path = DOC, command: str | None = None) -> None:
+    """The section of subcommand ``which`` (features, detection, cost) in the benchmarks document at
+    ``path``: ``intro``, then the header line and ``table`` (nothing else in the file changes)."""
+    import torch
+
+    header = header_line(command or command_line(), torch.get_num_threads(), PACKAGES[which])
+    write_section(path, f"landmark-{which}", f"{intro}\n\n{header}\n\n{table}",
+                  f"benchmarks/landmark_bound.py {which}")
 
 
 def setting_name(bound) -> str:
@@ -208,14 +222,24 @@ def run_features(args) -> None:
                              rel_err=None if bound is None else [math.sqrt(e / r) for e, r in zip(sq_err[bound], sq_ref)]))
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / "landmark_bound_features.json").write_text(json.dumps(rows, indent=1))
-    checkpoint = Path(args.checkpoint).resolve()
+    intro, table = features_doc(rows, Path(args.checkpoint), args.probe_images)
+    print(intro + "\n\n" + table)
+    partial = list(args.scales) != FEATURE_SCALES or list(args.bounds) != list(BOUNDS)
+    target = doc_target(args.write, args.no_write, partial)
+    if target is not None:
+        write_doc("features", intro, table, target)
+
+
+def features_doc(rows: list[dict], checkpoint: Path, probe_images: int) -> tuple[str, str]:
+    """The features section's text: (what was measured, the table)."""
+    checkpoint = checkpoint.resolve()
     shown = checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint
-    lines = [f"Machine: {machine()}. Weights: `{shown}` (EMA), trained at {TRAIN_SIZE} px (25 landmarks per "
+    intro = (f"Weights: `{shown}` (EMA), trained at {TRAIN_SIZE} px (25 landmarks per "
              f"stage). {rows[0]['images']} validation images rendered natively at each size (the same scenes at every "
              "size). Relative error = ||maps(bound) - maps(faithful)|| / ||maps(faithful)|| over the whole validation set, "
              "per stage output. Top-1 with the trained head, and with the head refit at that size (L-BFGS on the "
-             f"faithful features of the first {args.probe_images} training images per class, rendered at that size).", "",
-             "| input | landmarks per stage 1 / 2 / 3 | setting | top-1 (%), trained head | top-1 (%), head refit | "
+             f"faithful features of the first {probe_images} training images per class, rendered at that size).")
+    lines = ["| input | landmarks per stage 1 / 2 / 3 | setting | top-1 (%), trained head | top-1 (%), head refit | "
              "rel. error res2 / res3 / res4 / res5 |",
              "|---|---|---|---:|---:|---|"]
     for r in rows:
@@ -223,9 +247,7 @@ def run_features(args) -> None:
         setting = setting_name(r["bound"])
         lines.append(f"| {r['size']}x{r['size']} ({r['scale']}x) | {' / '.join(map(str, r['landmarks']))} | {setting} | "
                      f"{r['top1']:.1f} | {r['top1_probe']:.1f} | {err} |")
-    table = "\n".join(lines)
-    print(table)
-    write_section("landmark-features", "features", table)
+    return intro, "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ detection
@@ -250,11 +272,16 @@ def run_detection(args) -> None:
                    "SEED", str(seed), "OUTPUT_DIR", str(out)] + (["SOLVER.MAX_ITER", str(args.max_iter)] if args.max_iter else [])
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)
-    write_detection_table()
+    rows = detection_rows()
+    intro, table = detection_doc(rows)
+    print(intro + "\n\n" + table)
+    target = doc_target(args.write, args.no_write, partial=args.max_iter is not None)
+    if target is not None:
+        write_doc("detection", intro, table, target)
 
 
-def write_detection_table() -> None:
-    """The table of every finished run under output/landmark_bound/ (all settings and seeds)."""
+def detection_rows() -> list[dict]:
+    """Every finished run under output/landmark_bound/ (all settings and seeds), also kept as JSON."""
     rows = []
     for path in sorted(DET_OUTPUT.glob("*_seed*/results.json")):
         match = re.fullmatch(r"(faithful|bound(\d+))_seed(\d+)", path.parent.name)
@@ -264,13 +291,18 @@ def write_detection_table() -> None:
             rows.append(dict(bound=bound, seed=int(match.group(3)),
                              **{k: bbox[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}))
     rows.sort(key=lambda r: (r["bound"] is None, r["bound"] or 0, r["seed"]))
-    settings = list(dict.fromkeys(r["bound"] for r in rows))
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / "landmark_bound_detection.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"Config: `{DET_CONFIG.relative_to(ROOT)}` with `MODEL.WEIGHTS` = the pretrained weights above, "
+    return rows
+
+
+def detection_doc(rows: list[dict]) -> tuple[str, str]:
+    """The detection section's text: (what was run, the table of every run and each setting's mean)."""
+    settings = list(dict.fromkeys(r["bound"] for r in rows))
+    intro = (f"Config: `{DET_CONFIG.relative_to(ROOT)}` with `MODEL.WEIGHTS` = the pretrained weights above, "
              "`MODEL.SOFT.MAX_LANDMARKS` as shown, `SEED` as shown; validation on the 100 built-in val images at "
-             "short side 512.", "",
-             "| setting | seed | box AP | AP50 | AP75 | APs | APm | APl |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "short side 512.")
+    lines = ["| setting | seed | box AP | AP50 | AP75 | APs | APm | APl |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         setting = setting_name(r["bound"])
         lines.append(f"| {setting} | {r['seed']} | {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} | {r['APs']:.1f} | "
@@ -280,9 +312,7 @@ def write_detection_table() -> None:
         if len(mine) > 1:
             lines.append(f"| {setting_name(bound)} | mean | {statistics.mean(r['AP'] for r in mine):.1f} | "
                          f"{statistics.mean(r['AP50'] for r in mine):.1f} | {statistics.mean(r['AP75'] for r in mine):.1f} | | | |")
-    table = "\n".join(lines)
-    print(table)
-    write_section("landmark-detection", "detection", table)
+    return intro, "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------- cost
@@ -337,19 +367,29 @@ def run_cost(args) -> None:
             print(f"round {round_ + 1}: {run_name(bound, 0)[:-6]} {result['time_s']:.2f} s, {result['peak_mb']:.0f} MB", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / "landmark_bound_cost.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    intro, table = cost_doc(results, args.size, args.steps, args.rounds)
+    print(intro + "\n\n" + table)
+    partial = list(args.bounds) != RUN_BOUNDS or tuple(args.size) != COST_SIZE
+    target = doc_target(args.write, args.no_write, partial)
+    if target is not None:
+        write_doc("cost", intro, table, target)
+
+
+def cost_doc(results: dict, size, steps: int, rounds: int) -> tuple[str, str]:
+    """The cost section's text: (what was timed, the table). ``results``: per setting (None:
+    faithful), one_cost_case's result of each round."""
+    settings = list(results)
     base = statistics.median(r["time_s"] for r in results[settings[0]])
-    lines = [f"Machine: {machine()}, quiet. One training iteration of the experiment's detector (batch of "
-             f"4 images of {args.size[0]}x{args.size[1]}, autocast as configured): median of {args.steps} steps after a "
-             f"warm-up, per round; {args.rounds} rounds alternating the settings, each case in its own process.", "",
-             "| setting | s / iteration (median of rounds) | rounds | peak memory (MB) | vs first row |",
+    intro = (f"One training iteration of the experiment's detector (batch of 4 images of {size[0]}x{size[1]}, "
+             f"autocast as configured): median of {steps} steps after a warm-up, per round; {rounds} rounds "
+             "alternating the settings, each case in its own process.")
+    lines = ["| setting | s / iteration (median of rounds) | rounds | peak memory (MB) | vs first row |",
              "|---|---:|---|---:|---:|"]
     for bound in settings:
         times = [r["time_s"] for r in results[bound]]
         lines.append(f"| {setting_name(bound)} | {statistics.median(times):.2f} | {', '.join(f'{t:.2f}' for t in times)} | "
                      f"{max(r['peak_mb'] for r in results[bound]):.0f} | {statistics.median(times) / base:.2f}x |")
-    table = "\n".join(lines)
-    print(table)
-    write_section("landmark-cost", "cost", table)
+    return intro, "\n".join(lines)
 
 
 def main() -> None:
@@ -357,20 +397,23 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     feat = sub.add_parser("features", help="feature error and top-1 per bound at 2x-4x the training size")
     feat.add_argument("--checkpoint", default=str(PRETRAINED))
-    feat.add_argument("--scales", type=int, nargs="+", default=[1, 2, 3, 4])
+    feat.add_argument("--scales", type=int, nargs="+", default=FEATURE_SCALES)
     feat.add_argument("--bounds", type=int, nargs="+", default=list(BOUNDS))
     feat.add_argument("--batch", type=int, default=10)
     feat.add_argument("--probe-images", type=int, default=40, help="training images per class for the refit head")
+    add_write_options(feat)
     det = sub.add_parser("detection", help="fine-tune the RetinaNet bounded and faithful")
     det.add_argument("--checkpoint", default=str(PRETRAINED))
     det.add_argument("--seeds", type=int, nargs="+", default=[1])
-    det.add_argument("--bounds", type=int, nargs="+", default=[100, 196, 0], help="0: faithful")
+    det.add_argument("--bounds", type=int, nargs="+", default=RUN_BOUNDS, help="0: faithful")
     det.add_argument("--max-iter", type=int, default=None, help="override SOLVER.MAX_ITER (smoke runs)")
+    add_write_options(det)
     cost = sub.add_parser("cost", help="seconds per training iteration, bounded and faithful")
-    cost.add_argument("--bounds", type=int, nargs="+", default=[100, 196, 0], help="0: faithful")
+    cost.add_argument("--bounds", type=int, nargs="+", default=RUN_BOUNDS, help="0: faithful")
     cost.add_argument("--rounds", type=int, default=3)
     cost.add_argument("--steps", type=int, default=3)
-    cost.add_argument("--size", type=int, nargs=2, default=(512, 704), metavar=("H", "W"))
+    cost.add_argument("--size", type=int, nargs=2, default=COST_SIZE, metavar=("H", "W"))
+    add_write_options(cost)
     cost.add_argument("--one", help=argparse.SUPPRESS)  # internal: one case, JSON out
     args = parser.parse_args()
     if args.command == "features":

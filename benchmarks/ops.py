@@ -12,16 +12,23 @@ process's resident-set high-water mark minus the resident set before the first r
 (Linux: /proc/self/clear_refs resets the mark), over all runs including the warm-up, i.e. the
 memory the computation itself needs.
 
-  python benchmarks/ops.py                   # CPU table, printed
-  python benchmarks/ops.py --write docs/BENCHMARKS.md
+  python benchmarks/ops.py                   # CPU table
   python benchmarks/ops.py --device cuda     # times with CUDA events, peak = torch.cuda.max_memory_allocated
+  python benchmarks/ops.py --shapes "224 stage-1" --write out.md   # a partial run, written to out.md
+
+Writing (the rule of every benchmark script that writes, see backbone.doc_target): a full run
+writes the section named after the device, "ops-cpu" or "ops-cuda", of docs/BENCHMARKS.md (only
+the text between its markers changes; see benchmarks/doc_sections.py); --write FILE writes into
+FILE instead (a CPU and a CUDA run into one file: two sections); --no-write prints only. --shapes,
+--impls and --modes other than all make a partial run: it prints only unless --write FILE is
+given. Each table is headed by one line naming the machine (the GPU on CUDA), thread count, torch
+version, the command and the date.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +38,12 @@ from pathlib import Path
 # Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# benchmarks/ is on sys.path when this file runs as a script
+from backbone import add_write_options, command_line, doc_target, header_line  # noqa: E402
+from doc_sections import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "BENCHMARKS.md"
 SHAPES = {  # name: (batch, heads, N, m, d)
     "224 stage-1": (1, 2, 3136, 49, 32),
     "800x1344 stage-1": (1, 2, 67200, 1050, 32),
@@ -129,16 +141,6 @@ def run_in_subprocess(shape, impl, mode, repeats, device, threads) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def machine(device: str, threads: int) -> str:
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    model = next((line.split(":", 1)[1].strip() for line in
-                  subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                  if line.startswith("Model name")), platform.processor())
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"torch threads {threads or torch.get_num_threads()}")
-
-
 def table(results: list[dict]) -> str:
     lines = ["| shape (B=1, 2 heads, d=32) | mode | impl | time (s) | peak memory (MiB) | vs release: time | vs release: memory |",
              "|---|---|---|---:|---:|---:|---:|"]
@@ -178,12 +180,10 @@ def measure_ceilings() -> tuple[float, float]:
     return bandwidth, flops
 
 
-def floors_table(results: list[dict]) -> str:
-    """Per shape: the fused forward's floor max(flops / fp32 rate, bytes / bandwidth) and the gap."""
-    bandwidth, rate = measure_ceilings()
-    lines = [f"Ceilings measured here: copy {bandwidth / 1e12:.2f} TB/s, float32 GEMM (no TF32) "
-             f"{rate / 1e12:.1f} TFLOP/s.", "",
-             "| shape | fused fwd GFLOP | min MB moved | floor (ms) | compiled fwd (ms) | gap |",
+def floors_table(results: list[dict], bandwidth: float, rate: float) -> str:
+    """Per shape: the fused forward's floor max(flops / fp32 rate, bytes / bandwidth) and the gap,
+    for the ceilings ``bandwidth`` (bytes/s) and ``rate`` (flop/s) of measure_ceilings."""
+    lines = ["| shape | fused fwd GFLOP | min MB moved | floor (ms) | compiled fwd (ms) | gap |",
              "|---|---:|---:|---:|---:|---:|"]
     for shape, (batch, heads, n, m, d) in SHAPES.items():
         got = [r for r in results if r["shape"] == shape and r["impl"] == "compiled" and r["mode"] == "fwd"]
@@ -207,8 +207,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=0, help="timed runs per case (default: 7 small, 3 large)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
-    p.add_argument("--write", type=Path, help="write the table (with the machine) to this markdown file")
-    p.add_argument("--append", action="store_true", help="append to --write instead of replacing it")
+    add_write_options(p)
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -223,15 +222,32 @@ def main() -> None:
                 print(f"{shape:18s} {mode:8s} {impl:9s} {r['time_s']:.4f} s  {r['peak_bytes'] / 2**20:9.1f} MiB",
                       flush=True)
                 results.append(r)
-    text = (f"Machine: {machine(args.device, args.threads)}\n\nCommand: `python benchmarks/ops.py "
-            f"{' '.join(sys.argv[1:])}`\n\n{table(results)}\n")
-    if args.device == "cuda":
-        text += "\n" + floors_table(results) + "\n"
-    print("\n" + text)
-    if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        old = args.write.read_text() if args.write.exists() and args.append else ""
-        args.write.write_text(old + f"\n## {args.device}, {args.threads or torch.get_num_threads()} thread(s)\n\n{text}")
+    ceilings = measure_ceilings() if args.device == "cuda" else None
+    threads = args.threads or torch.get_num_threads()
+    body = section_body(results, args.device, threads, command_line(), ceilings)
+    print("\n" + body)
+    partial = set(args.shapes) != set(SHAPES) or set(args.impls) != set(IMPLS) or set(args.modes) != set(MODES)
+    target = doc_target(args.write, args.no_write, partial)
+    if target is not None:
+        write_doc(body, args.device, target)
+
+
+def section_body(results: list[dict], device: str, threads: int, command: str, ceilings=None) -> str:
+    """The "ops-DEVICE" section: a heading, the header line and the table; on CUDA (``ceilings``
+    = measure_ceilings()) also the floors table, headed the same way."""
+    header = header_line(command, threads, ("torch",), device)
+    text = f"## {device}, {threads} thread(s)\n\n{header}\n\n{table(results)}\n"
+    if ceilings is not None:
+        bandwidth, rate = ceilings
+        text += (f"\nCeilings measured here: copy {bandwidth / 1e12:.2f} TB/s, float32 GEMM (no TF32) "
+                 f"{rate / 1e12:.1f} TFLOP/s.\n\n{header}\n\n{floors_table(results, bandwidth, rate)}\n")
+    return text
+
+
+def write_doc(body: str, device: str, path: Path = DOC) -> None:
+    """``body`` (section_body's) as the "ops-DEVICE" section of the document at ``path`` (nothing
+    else in it changes)."""
+    write_section(path, f"ops-{device}", body, "benchmarks/ops.py")
 
 
 import torch  # noqa: E402  (after the docstring-driven argparse setup; subprocesses import it too)

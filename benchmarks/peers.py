@@ -21,8 +21,14 @@ the detection default's landmark bound and faithful (unbounded). Measured per mo
 Each (model, measurement) runs in its own subprocess; --rounds rounds run every case in turn, so
 slow drift of a shared machine falls on all models alike. A case's value is the median over rounds
 of its per-round medians. Parameter and FLOP counts do not vary and are made once.
-Prints a Markdown table and, as its last line, the JSON of every result; writes docs/BENCHMARKS.md's
-"peers" section (between markers) and docs/peers_cost.png unless --no-write.
+Prints a Markdown table and, as its last line, the JSON of every result.
+
+Writing (the rule of every benchmark script that writes, see backbone.doc_target): a full run
+writes the "peers" section of docs/BENCHMARKS.md (only the text between its markers changes; see
+benchmarks/doc_sections.py) and docs/peers_cost.png; --write FILE writes into FILE (the plot beside
+it) instead; --no-write prints only. --models, --sizes and --no-train make a partial run: it prints
+only unless --write FILE is given. The table is headed by one line naming the machine, thread
+count, torch and timm versions, the command and the date.
 """
 from __future__ import annotations
 
@@ -33,20 +39,22 @@ import os
 import re
 import statistics
 import time
+from pathlib import Path
 
 # Before torch loads OpenMP: spin-waiting threads slow everything down on a shared CPU (docs/IMPLEMENTATION.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # benchmarks/ is on sys.path when this file runs as a script
-from backbone import DOC, ROOT, case_in_subprocess, fmt, machine, max_rss_bytes, style_cost_axes  # noqa: E402
+from backbone import (DOC, ROOT, add_write_options, case_in_subprocess, command_line, doc_target, fmt,  # noqa: E402
+                      header_line, machine, max_rss_bytes, style_cost_axes)
+from doc_sections import write_section  # noqa: E402
 
 PLOT = ROOT / "docs" / "peers_cost.png"
 SIZES = [(224, 224), (512, 512), (800, 1344)]
 TRAIN_SIZE = (224, 224)
 TINY = (64, 64)  # the warm-up input that loads the libraries' lazy state before memory is measured
 PEERS = ["pvt_v2_b1", "swin_tiny_patch4_window7_224", "convnext_tiny", "resnet50"]
-BEGIN = "<!-- peers:begin (written by benchmarks/peers.py) -->"
-END = "<!-- peers:end -->"
+PACKAGES = ("torch", "timm")  # the versions named above the table
 
 
 def is_soft(model: str) -> bool:
@@ -274,17 +282,14 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=None, help="HxW forward sizes (default 224x224 512x512 800x1344)")
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per case")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave docs/ alone")
+    add_write_options(parser)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
 
-    import torch
-
     from soft_d2.d2.config import DEFAULT_MAX_LANDMARKS
 
-    torch.set_num_threads(args.threads)  # so that machine() reports the cases' thread count
     entries = [dict(model="soft_norm_tiny", bound=DEFAULT_MAX_LANDMARKS), dict(model="soft_norm_tiny", bound=None)]
     entries += [dict(model=m, bound=None) for m in PEERS]
     if args.models:
@@ -293,8 +298,7 @@ def main() -> None:
             parser.error(f"unknown model(s) {sorted(unknown)}; choose from soft_norm_tiny {' '.join(PEERS)}")
         entries = [e for e in entries if e["model"] in args.models]
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes] if args.sizes else SIZES
-    where = machine()
-    print(where, flush=True)
+    print(header_line(command_line(), args.threads, PACKAGES), flush=True)
 
     common = dict(threads=args.threads)
     runs: dict[str, list[dict]] = {}
@@ -310,7 +314,7 @@ def main() -> None:
             for spec in specs:
                 key = case_key(spec)
                 if any("error" in r and r["error"].startswith("over ") for r in runs.get(key, [])):
-                    continue  # timed out in an earlier round: not run again
+                    continue  # timed out in a previous round: not run again
                 r = case_in_subprocess(spec, args.timeout, __file__)
                 runs.setdefault(key, []).append(r)
                 name, mode = model_label(e)
@@ -327,12 +331,13 @@ def main() -> None:
     summary = {key: summarise(rs) for key, rs in runs.items()}
     text = table(entries, summary, sizes, args.train_batch)
     print(text)
-    if not args.no_write:
+    target = doc_target(args.write, args.no_write, partial=bool(args.models or args.sizes or args.no_train))
+    if target is not None:
         settings = dict(repeats=args.repeats, rounds=args.rounds, train_steps=args.train_steps,
-                        train_batch=args.train_batch, bound=DEFAULT_MAX_LANDMARKS)
-        write_doc(text, where, settings, eigh_share(entries, summary, sizes), sizes)
-        write_plot(entries, summary, sizes)
-    print(json.dumps(dict(machine=where, sizes=sizes, summary=summary, runs=runs)))
+                        train_batch=args.train_batch, bound=DEFAULT_MAX_LANDMARKS, threads=args.threads)
+        write_doc(text, settings, eigh_share(entries, summary, sizes), sizes, target)
+        write_plot(entries, summary, sizes, target.parent / PLOT.name)
+    print(json.dumps(dict(machine=machine(), threads=args.threads, sizes=sizes, summary=summary, runs=runs)))
 
 
 def plural(n: int, word: str) -> str:
@@ -354,11 +359,14 @@ def swin_padding_text(sizes) -> str:
     return " ".join(parts) or "Its stage maps are multiples of its window at these sizes (no padding)."
 
 
-def write_doc(text: str, where: str, s: dict, eigh: float, sizes) -> None:
-    section = (
-        f"{BEGIN}\n"
+def write_doc(text: str, s: dict, eigh: float, sizes, path: Path = DOC, command: str | None = None) -> None:
+    """The "peers" section of the benchmarks document at ``path`` (nothing else in it changes):
+    ``text`` is the table, ``s`` the run's settings (repeats, rounds, train_steps, train_batch,
+    bound, threads)."""
+    header = header_line(command or command_line(), s["threads"], PACKAGES)
+    body = (
         "## Against the backbones users pick instead\n\n"
-        f"`python benchmarks/peers.py`. Machine: {where}. Every model is timm's, randomly initialised; "
+        "Every model is timm's, randomly initialised; "
         f"SOFT-Tiny-Norm with the detection default's bound (`max_landmarks={s['bound']}`) and faithful. "
         "Forward: `forward_intermediates` (the feature pyramid a detector reads), batch 1, eval mode, "
         f"no grad; one warm-up pass, then the median of {plural(s['repeats'], 'pass')} (faithful SOFT at 800x1344: "
@@ -378,17 +386,12 @@ def write_doc(text: str, where: str, s: dict, eigh: float, sizes) -> None:
         f"window masks built in each forward, any input size). {swin_padding_text(sizes)} The SOFT "
         "landmark bound is not active at 224x224 (at most 49 landmarks), so the two SOFT rows compute "
         "the same function there.\n\n"
-        f"{text}\n\n![forward cost against input size](peers_cost.png)\n"
-        f"{END}\n"
+        f"{header}\n\n{text}\n\n![forward cost against input size](peers_cost.png)\n"
     )
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
-    doc = pattern.sub(lambda _: section, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + section
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(doc)
+    write_section(path, "peers", body, "benchmarks/peers.py")
 
 
-def write_plot(entries: list[dict], summary: dict, sizes) -> None:
+def write_plot(entries: list[dict], summary: dict, sizes, path: Path = PLOT) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -411,7 +414,7 @@ def write_plot(entries: list[dict], summary: dict, sizes) -> None:
     if axes[0].lines:
         axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Prints, per case, the operators with the most self CPU time (after one warm-up r
 time per module group (the backbone's stages; in the step, SOFT, SOFT + FPN, RPN and RoI heads:
 record_function labels around their forwards, so backward time is not in them; the step's
 backward and optimizer update are groups of their own, labelled in detection_step.train_step). Times are the profiler's, on the calling thread (an op's intra-op threads are inside
-its own time); the profiler slows many small ops down. Nothing is written.
+its own time); the profiler slows many small ops down. Writes no file: the summaries are
+copied by hand into docs/BENCHMARKS.md (the profiles section).
 """
 from __future__ import annotations
 

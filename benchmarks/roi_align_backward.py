@@ -9,7 +9,8 @@ Boxes (--boxes):
   any  corners uniform in the image (x1 < x2, y1 < y2): mostly large boxes, many points per bin
 
 Prints the median of --repeats calls of each after one warm-up, and whether the two results are
-bit-identical.
+bit-identical; writes no file (the numbers are copied by hand into docs/BENCHMARKS.md, the CPU
+runtime section).
 
   python benchmarks/roi_align_backward.py --threads 2 --boxes p2
 """

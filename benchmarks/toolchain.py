@@ -13,7 +13,8 @@ median of --repeats passes. Cases:
   compile time (first call) is reported apart;
 - torch.export: the exported program (tools/export_model.py's), run as a module;
 - ONNX: the same program through torch.onnx.export and onnxruntime (CPU).
-Prints a markdown table; the numbers in docs/BENCHMARKS.md come from it.
+Prints a markdown table and writes no file: its numbers are copied by hand into
+docs/BENCHMARKS.md (the PyTorch 2 toolchain section), with the command that produced them.
 """
 from __future__ import annotations
 

@@ -255,12 +255,37 @@ def test_trainer_runs_as_a_module_and_under_dist_train():
     import subprocess
     import sys
 
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    env = {**os.environ, "PYTHON": sys.executable}  # dist_train.sh's interpreter: this one, not .venv's
     for command in ([sys.executable, "-m", "classification.train", "--help"],
                     ["bash", os.path.join("classification", "dist_train.sh"), "1", "--help"]):
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-3000:])
         assert "--eval_checkpoint" in done.stdout, (command, done.stdout[-2000:])
+
+
+def test_dist_train_uses_the_repository_venv_or_python(tmp_path):
+    """dist_train.sh starts torch.distributed.run with the .venv beside its folder (not PATH's
+    torchrun), $PYTHON overriding it, and stops with a message where neither exists."""
+    import stat
+    import subprocess
+
+    (tmp_path / "classification").mkdir()
+    script = tmp_path / "classification" / "dist_train.sh"
+    shutil.copy(os.path.join(ROOT, "classification", "dist_train.sh"), script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    missing = subprocess.run(["bash", str(script), "2", "--epochs", "1"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and ".venv" in missing.stderr, missing.stderr
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\necho "$0 $*"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    done = subprocess.run(["bash", str(script), "2", "--epochs", "1"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(fake), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                   "-m", "classification.train", "--epochs", "1"]
+    other = subprocess.run(["bash", str(script), "1"], env={**env, "PYTHON": str(fake) + "-missing"},
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "-missing" in other.stderr
 
 
 def test_trainer_imports_only_the_model_and_runs_without_detectron2(data, tmp_path):

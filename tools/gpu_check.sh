@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# GPU check of the compiled attention op, for a lent H100/H200 (Python 3.12, torch, nvcc; no
+# GPU check of the compiled attention op, for an H100/H200 machine (Python 3.12, torch, nvcc; no
 # detectron2 needed): builds soft_d2._C from source with CUDA, runs the op tests on the GPU, the
 # classification training throughput (SOFT-Tiny, 224), then the op benchmark on CUDA with the
 # bandwidth / FLOP floors per shape. Output and logs go to ${OUT:-./gpu_check_out}, each step's
-# file written as it finishes (a run cut short still leaves the steps before).
+# file written as it finishes (a run cut short still leaves the steps before). The op benchmark
+# writes its table as the "ops-cuda" section of $OUT/benchmarks.md ("ops-cpu" in a dry run;
+# benchmarks/doc_sections.py), so a dry run and a GPU run into one $OUT leave both sections.
 #
-#   bash tools/gpu_check.sh            # full check
-#   DRY_RUN=1 bash tools/gpu_check.sh  # CPU-only rehearsal: no CUDA build, CPU benchmark of the small shape
+#   bash tools/gpu_check.sh [PYTHON]            # full check
+#   DRY_RUN=1 bash tools/gpu_check.sh [PYTHON]  # CPU-only rehearsal: no CUDA build, CPU benchmark of the small shape
+#
+# PYTHON: the interpreter with torch (and nvcc's CUDA for it): the argument, else $PYTHON, else the
+# project's .venv/bin/python. Where torch is installed for the system Python: bash tools/gpu_check.sh python3
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+PY=${1:-${PYTHON:-.venv/bin/python}}
+if ! command -v "$PY" >/dev/null 2>&1; then
+    echo "no Python '$PY': create .venv (bash tools/install.sh), or name one: bash tools/gpu_check.sh /path/to/python" >&2
+    exit 2
+fi
 OUTDIR=${OUT:-gpu_check_out}
 mkdir -p "$OUTDIR"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -17,7 +26,8 @@ status=0
 step() { echo; echo "=== $*"; }
 
 step "machine"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUTDIR/machine.txt"
+echo "python: $PY" | tee "$OUTDIR/machine.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())" | tee -a "$OUTDIR/machine.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null | tee -a "$OUTDIR/machine.txt"
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -27,8 +37,9 @@ else
     step "build soft_d2._C with CUDA"
     export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
     rm -f soft_d2/_C*.so
-    # The lent machines set CXX/CC to a wrapper in /opt/gcc whose builds crash (segfault) on the first
-    # C++ exception, i.e. on any failed input check; the system compiler builds a working extension.
+    # On the GPU machines we tested on, CXX/CC name a wrapper in /opt/gcc whose builds crash (segfault)
+    # on the first C++ exception, i.e. on any failed input check; the system compiler builds a working
+    # extension.
     [ -x /usr/bin/g++ ] && export CC=/usr/bin/gcc CXX=/usr/bin/g++
     FORCE_CUDA=1 SOFT_D2_REQUIRE_EXT=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace \
         >"$OUTDIR/build.log" 2>&1 || { tail -40 "$OUTDIR/build.log"; exit 1; }

@@ -3,7 +3,7 @@
 SOFT as a Detectron2 backbone (``build_soft_backbone`` is registered in BACKBONE_REGISTRY on
 import), the MODEL.SOFT / solver config keys, the checkpointer (Detectron2 and SOFT ImageNet
 checkpoints), optimizer and LR schedules, mixed precision, data-set preparation, the base
-dataset mapper, picture helpers, the trainer, and fvcore FLOP handles for SOFT's operators
+dataset mapper, picture functions, the trainer, and fvcore FLOP handles for SOFT's operators
 (``soft_flop_count_analysis``). It imports no task package.
 """
 from .amp import MixedPrecisionTrainer, autocast_dtype

@@ -121,7 +121,8 @@ def newton_solve_forward(a: Tensor, rhs: Tensor, max_iter: int, numerics: str) -
 def _eigh(p: Tensor) -> tuple[Tensor, Tensor]:
     """torch.linalg.eigh; on a CPU with one thread: LAPACK's small (m <= a few hundred) batched
     eigensolves run 2-5x slower with several OpenMP threads (measured, 2 cores: 20 matrices of
-    100 x 100, 60 ms with 2 threads, 13 ms with 1), and the result no longer depends on the thread count."""
+    100 x 100, 60 ms with 2 threads, 13 ms with 1), and on one thread the result does not depend on the
+    thread count the caller set."""
     if p.is_cuda or torch.compiler.is_compiling():  # a compiled graph cannot change the thread count
         return torch.linalg.eigh(p)
     threads = torch.get_num_threads()
@@ -261,6 +262,6 @@ def newton_solve(a: Tensor, rhs: Tensor, max_iter: int = 20, numerics: str = "re
         # iteration amplifies rounding, so float32 evaluations of this polynomial other than the
         # release's own order land ~1e-5 from it; in float64 we hit the exact polynomial, which
         # is as close to the release's float32 result as that is to itself (~1e-6), and rounding
-        # no longer varies with the batch size.
+        # does not vary with the batch size.
         out = _NewtonSolve.apply(a.double(), rhs.double(), int(max_iter), numerics, solver)
         return out.to(dtype)

@@ -1,2 +1,2 @@
-"""Runtime helpers shared by the two trainers (classification/ and train_net.py); the model does
+"""Runtime functions shared by the two trainers (classification/ and train_net.py); the model does
 not use them."""
