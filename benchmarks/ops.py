@@ -233,10 +233,11 @@ def main() -> None:
 
 
 def section_body(results: list[dict], device: str, threads: int, command: str, ceilings=None) -> str:
-    """The "ops-DEVICE" section: a heading, the header line and the table; on CUDA (``ceilings``
-    = measure_ceilings()) also the floors table, headed the same way."""
+    """The "ops-DEVICE" section: the header line and the table; on CUDA (``ceilings`` =
+    measure_ceilings()) also the floors table, headed the same way. The document's own heading
+    and prose stay outside the section."""
     header = header_line(command, threads, ("torch",), device)
-    text = f"## {device}, {threads} thread(s)\n\n{header}\n\n{table(results)}\n"
+    text = f"{header}\n\n{table(results)}\n"
     if ceilings is not None:
         bandwidth, rate = ceilings
         text += (f"\nCeilings measured here: copy {bandwidth / 1e12:.2f} TB/s, float32 GEMM (no TF32) "
