@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,22 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def read_each_program_once(monkeypatch):
+    """torch.export.load parses every symbolic shape expression of a program with sympy, tens of
+    seconds for these: a test inspects the very program the tool has just saved, reloaded and
+    checked, instead of parsing the file a second time."""
+    loaded, load = {}, torch.export.load
+
+    def load_once(path, *args, **kwargs):
+        key = (os.fspath(path), os.stat(path).st_mtime_ns)
+        if key not in loaded:
+            loaded[key] = load(path, *args, **kwargs)
+        return loaded[key]
+
+    monkeypatch.setattr(torch.export, "load", load_once)
 
 
 def export_tool():
