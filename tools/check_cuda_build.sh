@@ -2,8 +2,8 @@
 # Compile check of the CUDA half of soft_d2._C on a machine without a GPU (CI runs it every time):
 # builds the extension with FORCE_CUDA=1 into a scratch folder, loads that .so on the CPU and runs
 # its CPU path once. A CUDA compile error fails here. Needs nvcc (CUDA_HOME, default
-# /usr/local/cuda) and the pip nvidia headers torch's CUDA headers include (see ../shared
-# environment.md). Leaves the installed (CPU) extension alone.
+# /usr/local/cuda) and the pip nvidia headers torch's CUDA headers include (cusparse.h,
+# cublas_v2.h: <site-packages>/nvidia/cu13/include on CPATH). Leaves the installed (CPU) extension alone.
 #
 #   bash tools/check_cuda_build.sh [python]      # default python: .venv/bin/python
 set -euo pipefail

@@ -22,8 +22,8 @@ pip_q torch==2.14.1 torchvision==0.29.1
 pip_q -r requirements.txt
 
 # detectron2: keep one that already imports; else install upstream's Python sources from the
-# index package sal-detectron2 (a cp310-tagged wheel of pure-Python files, see ../shared
-# environment.md). Re-tagged py3-none-any so pip installs it on any CPython 3.
+# index package sal-detectron2 (a cp310-tagged wheel of pure-Python files). Re-tagged
+# py3-none-any so pip installs it on any CPython 3.
 if "$VPY" -c "import detectron2" 2>/dev/null; then
     echo "[install] detectron2 already importable: kept"
 else
