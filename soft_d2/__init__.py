@@ -15,6 +15,7 @@ from .model import (
     SoftVisionTransformer,
     convert_official_state_dict,
     load_checkpoint,
+    to_official_state_dict,
     VARIANTS,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "SoftVisionTransformer",
     "convert_official_state_dict",
     "load_checkpoint",
+    "to_official_state_dict",
     "VARIANTS",
 ]
 

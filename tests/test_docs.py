@@ -301,11 +301,20 @@ PREFETCH: set = set()     # the tools of every document this session checks (see
 
 
 def script_source(tool: str) -> Path:
+    """The file behind a tool: a script (`SCRIPT` or `SCRIPT SUBCOMMAND`) or `-m MODULE`."""
     if tool.startswith("-m "):
         mod = tool[3:].replace(".", "/")
         f = REPO / f"{mod}.py"
         return f if f.is_file() else REPO / mod / "__main__.py"
-    return REPO / tool
+    return REPO / tool.split(" ")[0]
+
+
+def help_argv(tool: str) -> list[str]:
+    """What follows the interpreter to print a tool's help: a subcommand's own options are in its help."""
+    if tool.startswith("-m "):
+        return ["-m", tool[3:], "--help"]
+    script, *sub = tool.split(" ")
+    return [str(REPO / script), *sub, "--help"]
 
 
 def _help_env(cwd: str) -> dict:
@@ -323,7 +332,7 @@ def _help_result(tool: str, rc, out: str, err: str):
 
 def _help_subprocess(tool: str):
     """`python SCRIPT --help` (or `python -m MODULE --help`) in a fresh interpreter."""
-    cmd = [sys.executable] + (["-m", tool[3:]] if tool.startswith("-m ") else [str(REPO / tool)]) + ["--help"]
+    cmd = [sys.executable] + help_argv(tool)
     with tempfile.TemporaryDirectory() as cwd:  # a script that ignores --help cannot write into the repository
         try:
             r = subprocess.run(cmd, cwd=cwd, env=_help_env(cwd), capture_output=True, text=True, timeout=HELP_TIMEOUT)
@@ -344,7 +353,7 @@ for name in ("torch", "torchvision", "timm", "detectron2.engine", "soft_d2.confi
     except Exception:
         pass
 results = {}
-for tool, target in jobs:
+for tool, target, extra in jobs:
     out_path, err_path = os.path.join(os.getcwd(), ".help_out"), os.path.join(os.getcwd(), ".help_err")
     sys.stdout.flush(); sys.stderr.flush()
     pid = os.fork()
@@ -354,7 +363,7 @@ for tool, target in jobs:
             os.dup2(os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
             os.dup2(os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
             sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
-            sys.argv = [target, "--help"]
+            sys.argv = [target, *extra, "--help"]
             if tool.startswith("-m "):
                 runpy.run_module(target, run_name="__main__", alter_sys=True)
             else:
@@ -388,7 +397,8 @@ with open(result_file, "w") as f:
 
 
 def _forked_help(tools: list[str]) -> dict:
-    jobs = [(t, t[3:] if t.startswith("-m ") else str(REPO / t)) for t in tools]
+    jobs = [(t, t[3:], []) if t.startswith("-m ") else (t, str(REPO / t.split(" ")[0]), t.split(" ")[1:])
+            for t in tools]
     with tempfile.TemporaryDirectory() as cwd:
         result_file = os.path.join(cwd, "help.json")
         try:
@@ -690,7 +700,13 @@ class DocChecker:
                 i += 1
                 continue
             tool = self.script_tool(doc, line, a, state)
-            self.check_args(doc, line, args[i + 1:], tool, state)
+            rest = args[i + 1:]
+            if tool == "setup.py":
+                tool = None  # setuptools commands (build_ext --inplace, ...) have their own options
+            elif tool and rest and re.fullmatch(r"[a-z][a-z_-]*", rest[0]) and \
+                    "add_subparsers" in script_source(tool).read_text(errors="replace"):
+                tool, rest = f"{tool} {rest[0]}", rest[1:]  # a subcommand's options are in its own help
+            self.check_args(doc, line, rest, tool, state)
             return
 
     def torchrun_command(self, doc, line, args, state):
@@ -987,6 +1003,8 @@ GOOD_DOC = md("""\
     mkdir -p scratch && cp configs/Base-RCNN-SOFT-FPN.yaml scratch/ && ls scratch/Base-RCNN-SOFT-FPN.yaml
     CC=/usr/bin/gcc pip install --no-build-isolation -e .   # pip lines are not read
     .venv/bin/python -m pytest -q tests/test_docs.py
+    .venv/bin/python benchmarks/landmark_bound.py detection --seeds 1 2
+    .venv/bin/python setup.py build_ext --inplace
     '''
 
     '''yaml
@@ -1025,6 +1043,8 @@ BAD_CASES = [
      "docs/BAD.md:2: unknown config key MODEL.SOFT.MAX_LANDMARK (did you mean MODEL.SOFT.MAX_LANDMARKS?)"),
     ("'''yaml\nMODEL:\n  SOFT:\n    MAX_LANDMARK: 100\n'''\n",
      "docs/BAD.md:2: unknown config key MODEL.SOFT.MAX_LANDMARK (did you mean MODEL.SOFT.MAX_LANDMARKS?)"),
+    ("'''bash\npython benchmarks/landmark_bound.py detection --seedz 1\n'''\n",
+     "docs/BAD.md:2: benchmarks/landmark_bound.py detection: unknown option --seedz (did you mean --seeds?)"),
     ("See [x](../missing.md).\n", "docs/BAD.md:1: link target not found: ../missing.md"),
     ("Data in `../shared/reference`.\n", "docs/BAD.md:1: names ../shared (not part of a user's clone)"),
 ]
