@@ -1,7 +1,8 @@
 """The full soft-d2 config: Detectron2's defaults, the SOFT layer's keys and each task's, composed.
 
     cfg = compose_config()                       # every key train_net.py reads
-    cfg = load_config("configs/....yaml", opts)  # + a YAML file and KEY VALUE overrides, frozen
+    cfg = load_config("configs/....yaml", opts)  # + a YAML file and KEY VALUE overrides, frozen;
+                                                 # DATASETS.REGISTER_COCO_INSTANCES registered
 
 Importing this module imports both task packages, which registers their heads and data sets.
 """
@@ -15,6 +16,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from .d2.config import add_soft_config
 from .detection.config import add_detection_config
+from .detection.datasets import register_config_datasets
 from .segmentation.config import add_segmentation_config
 
 
@@ -45,7 +47,8 @@ def merge_config_file(cfg: CfgNode, config_file: str) -> None:
 def load_config(config_file: str, opts: list) -> CfgNode:
     """All keys, then the YAML file and KEY VALUE overrides; frozen.
 
-    A config asking for CUDA on a machine without it runs on the CPU instead (same recipe).
+    A config asking for CUDA on a machine without it runs on the CPU instead (same recipe). The COCO
+    data sets of DATASETS.REGISTER_COCO_INSTANCES are registered with Detectron2 before it returns.
     """
     cfg = compose_config()
     merge_config_file(cfg, config_file)
@@ -53,4 +56,5 @@ def load_config(config_file: str, opts: list) -> CfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    register_config_datasets(cfg)
     return cfg

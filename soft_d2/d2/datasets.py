@@ -1,6 +1,7 @@
 """Where data sets live and how they are made ready: Detectron2's data-set root, a registry of
 preparers (the tasks' built-in sets generate themselves on first use) and a clear error for
-file-based sets whose files are missing (e.g. COCO not downloaded)."""
+file-based sets whose files are missing (e.g. COCO not downloaded, or a wrong path in
+DATASETS.REGISTER_COCO_INSTANCES)."""
 from __future__ import annotations
 
 import os
@@ -31,12 +32,20 @@ def prepare_dataset(name: str) -> None:
 
 
 def check_dataset_files(name: str) -> None:
-    """Raise FileNotFoundError naming the expected folder when a file-based data set is missing."""
+    """Raise FileNotFoundError naming the missing file or folder of a file-based data set: for a set of
+    DATASETS.REGISTER_COCO_INSTANCES the entry to fix, for the others where Detectron2 looks for data."""
     meta = MetadataCatalog.get(name)
     for attr in ("json_file", "image_root"):
         path = getattr(meta, attr, None)
         if path is None or os.path.exists(path):
             continue
+        registered_from = getattr(meta, "registered_from", None)
+        if registered_from is not None:  # a user's own data set, named in the config
+            raise FileNotFoundError(
+                f"data set {name!r} is not available: its {attr} {path} does not exist. It comes from the "
+                f"config key {registered_from} (entry [{name!r}, json_file, image_root]; relative paths are "
+                f"taken from the directory the command runs in, here {os.getcwd()}). Fix the entry or "
+                f"create the files.")
         env = os.environ.get("DETECTRON2_DATASETS")
         where = f"DETECTRON2_DATASETS={env}" if env else "DETECTRON2_DATASETS is not set, so ./datasets is used"
         raise FileNotFoundError(
@@ -45,4 +54,5 @@ def check_dataset_files(name: str) -> None:
             f"{os.path.join(datasets_root(), 'coco')}/annotations/instances_{{train,val}}2017.json and "
             f"{os.path.join(datasets_root(), 'coco')}/{{train,val}}2017/. Download COCO there or point "
             f"DETECTRON2_DATASETS at the folder that holds coco/. The built-in set needs no download: "
-            f"DATASETS.TRAIN ('soft_shapes_train',) DATASETS.TEST ('soft_shapes_val',).")
+            f"DATASETS.TRAIN ('soft_shapes_train',) DATASETS.TEST ('soft_shapes_val',). Data sets of your "
+            f"own: the config key DATASETS.REGISTER_COCO_INSTANCES (docs/GETTING_STARTED.md).")
