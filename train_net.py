@@ -6,6 +6,9 @@
     python train_net.py --config-file configs/quickstart/upernet_soft_norm_tiny_shapes.yaml
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CONFIG --resume          # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file configs/examples/mask_rcnn_soft_norm_tiny_example_coco.yaml  # own COCO data
+
+Own COCO-format data sets are named in the config (DATASETS.REGISTER_COCO_INSTANCES): docs/GETTING_STARTED.md.
 
 Without a GPU, MODEL.DEVICE falls back to the CPU and --num-gpus N starts N processes (GLOO).
 """
@@ -28,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from soft_d2.config import load_config
 from soft_d2.d2 import SoftDetectionCheckpointer, SoftTrainer, prepare_dataset
-from soft_d2.detection import DetectionDatasetMapper
+from soft_d2.detection import DetectionDatasetMapper, check_num_classes
 from soft_d2.detection.visualize import save_dataset_predictions
 from soft_d2.ops.roi_align import use_parallel_roi_align_backward
 from soft_d2.segmentation import build_sem_seg_mapper
@@ -46,11 +49,16 @@ class Trainer(SoftTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=cls.build_mapper(cfg, is_train=True))
+        loader = build_detection_train_loader(cfg, mapper=cls.build_mapper(cfg, is_train=True))
+        for name in cfg.DATASETS.TRAIN:  # their categories are known once the loader has read them
+            check_num_classes(cfg, name)
+        return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=cls.build_mapper(cfg, is_train=False))
+        loader = build_detection_test_loader(cfg, dataset_name, mapper=cls.build_mapper(cfg, is_train=False))
+        check_num_classes(cfg, dataset_name)  # before any evaluation (--eval-only too)
+        return loader
 
     @staticmethod
     def build_mapper(cfg, is_train: bool):
