@@ -34,6 +34,7 @@ from PIL import Image
 
 from soft_d2.config import load_config
 from soft_d2.d2 import SoftDetectionCheckpointer
+from soft_d2.detection import coco_thing_classes
 from soft_d2.detection.visualize import Predictor, draw_image_instances, predictions_above
 from soft_d2.segmentation.visualize import class_name, draw_label_prediction, pixel_shares, predict_labels, to_rgb
 from soft_d2.utils.cpu_allocator import keep_freed_memory
@@ -128,6 +129,9 @@ def main(argv=None) -> list[str]:
     SoftDetectionCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
     metadata = MetadataCatalog.get(name)
+    if not is_semantic(cfg) and "thing_classes" not in metadata.as_dict() and os.path.isfile(metadata.get("json_file", "")):
+        # a COCO-format set whose json has not been read yet (DATASETS.REGISTER_COCO_INSTANCES): its names
+        metadata.thing_classes = coco_thing_classes(metadata.json_file)
     predict = build_predict(cfg, model, metadata, args.confidence_threshold)
     single_file = args.output is not None and len(inputs) == 1 and os.path.splitext(args.output)[1] != ""
     written, failed = [], []
