@@ -129,9 +129,10 @@ def main(argv=None) -> list[str]:
     SoftDetectionCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
     metadata = MetadataCatalog.get(name)
-    if not is_semantic(cfg) and "thing_classes" not in metadata.as_dict() and os.path.isfile(metadata.get("json_file", "")):
+    json_file = metadata.get("json_file", "")
+    if not is_semantic(cfg) and "thing_classes" not in metadata.as_dict() and os.path.isfile(json_file):
         # a COCO-format set whose json has not been read yet (DATASETS.REGISTER_COCO_INSTANCES): its names
-        metadata.thing_classes = coco_thing_classes(metadata.json_file)
+        metadata.thing_classes = coco_thing_classes(json_file)
     predict = build_predict(cfg, model, metadata, args.confidence_threshold)
     single_file = args.output is not None and len(inputs) == 1 and os.path.splitext(args.output)[1] != ""
     written, failed = [], []
