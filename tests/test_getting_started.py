@@ -80,7 +80,8 @@ def test_guide_commands_train_evaluate_and_draw(tmp_path):
     assert all(c[0] == ".venv/bin/python" for c in commands)
     assert "--eval-only" in commands[2] and "--opts" in commands[3]
     every_box = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]  # a 2-step model's scores are low: keep them all
-    extra = [SMALL_DATA, SMALL_TRAINING, SMALL_INPUT + every_box, SMALL_INPUT]  # the last value given wins
+    extra = [SMALL_DATA, SMALL_TRAINING, SMALL_INPUT + every_box,  # the last value given wins
+             SMALL_INPUT + every_box + ["TEST.VIS_THRESHOLD", "0.0"]]
     for command, small in zip(commands, extra):
         proc = subprocess.run([sys.executable, *command[1:], *small], cwd=str(work), env=env, capture_output=True,
                               text=True, timeout=300)
@@ -89,6 +90,9 @@ def test_guide_commands_train_evaluate_and_draw(tmp_path):
             assert "categories but MODEL" not in proc.stdout + proc.stderr  # 2 categories, NUM_CLASSES 2: no warning
             results = json.load(open(work / "output" / "example_coco" / "results.json"))
             assert set(results) == {"bbox", "segm"}
+        if command[1] == "demo.py":  # instances counted under the json's category names, not class indices
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("datasets/example_coco/val/")]
+            assert len(lines) == 2 and all(re.search(r"\((circle|triangle) \d+", line) for line in lines), lines
     out = work / "output" / "example_coco"
     assert (out / "model_final.pth").is_file()
     predictions = json.load(open(out / "inference" / "example_coco_val" / "coco_instances_results.json"))
