@@ -35,7 +35,8 @@ SMALL_TRAINING = SMALL_INPUT + ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", 
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_example_coco", os.path.join(ROOT, "tools", "make_example_coco.py"))
+    path = os.path.join(ROOT, "tools", "make_example_coco.py")
+    spec = importlib.util.spec_from_file_location("make_example_coco", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -109,8 +110,10 @@ def test_example_data_is_coco_and_deterministic(tmp_path):
     assert [c["id"] for c in coco["categories"]] == [3, 7]
     assert coco["annotations"] and all(a["iscrowd"] == 0 and a["area"] > 0 and len(a["segmentation"][0]) >= 6
                                        and a["category_id"] in (3, 7) for a in coco["annotations"])
-    make_example_coco.main(["--output", str(tmp_path / "c"), "--size", "64", "--seed", "1", "--train", "2", "--val", "1"])
-    assert (tmp_path / "c" / "train" / "000001.jpg").read_bytes() != (tmp_path / "a" / "train" / "000001.jpg").read_bytes()
+    make_example_coco.main(["--output", str(tmp_path / "c"), "--size", "64", "--seed", "1", "--train", "2",
+                            "--val", "1"])
+    first = "train/000001.jpg"
+    assert (tmp_path / "c" / first).read_bytes() != (tmp_path / "a" / first).read_bytes()  # another seed
     with pytest.raises(SystemExit, match="--overwrite"):  # never writes over existing splits unasked
         _example_data(tmp_path / "a")
 
@@ -147,7 +150,8 @@ def test_missing_files_name_the_path_and_the_key(tmp_path, monkeypatch, catalog)
     assert str(tmp_path / "nowhere/train.json") in text and KEY in text and "DETECTRON2_DATASETS" not in text
     _example_data(tmp_path / "data")  # the json exists, the image folder named in the entry does not
     load_config(EXAMPLE_CONFIG, _entries(("gs_images", "data/annotations/train.json", "data/images")))
-    with pytest.raises(FileNotFoundError, match=f"image_root {re.escape(str(tmp_path / 'data/images'))} does not exist"):
+    missing = re.escape(str(tmp_path / "data/images"))
+    with pytest.raises(FileNotFoundError, match=f"image_root {missing} does not exist"):
         prepare_dataset("gs_images")
     load_config(EXAMPLE_CONFIG, _entries(("gs_present", "data/annotations/train.json", "data/train")))
     prepare_dataset("gs_present")

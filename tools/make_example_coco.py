@@ -95,10 +95,11 @@ def write_split(output: str, split: str, num_images: int, size: int, seed: int) 
         images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
         for obj in objects:
             xs, ys = [p[0] for p in obj["polygon"]], [p[1] for p in obj["polygon"]]
+            x0, y0 = min(xs), min(ys)
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": obj["category_id"],
                 "segmentation": [[v for point in obj["polygon"] for v in point]],  # one polygon: x1, y1, x2, y2 ...
-                "bbox": [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)],
+                "bbox": [round(x0, 2), round(y0, 2), round(max(xs) - x0, 2), round(max(ys) - y0, 2)],  # XYWH
                 "area": round(polygon_area(obj["polygon"]), 2),
                 "iscrowd": 0,
             })

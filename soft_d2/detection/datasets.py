@@ -61,7 +61,8 @@ def _set_builtin_metadata(name: str) -> None:
 
 # The config key, and the metadata value that marks a data set as registered through it.
 REGISTER_KEY = "DATASETS.REGISTER_COCO_INSTANCES"
-_ENTRY_FORM = '[name, json_file, image_root], e.g. ["my_train", "datasets/my/annotations/train.json", "datasets/my/train"]'
+_ENTRY_FORM = ('[name, json_file, image_root], e.g. '
+               '["my_train", "datasets/my/annotations/train.json", "datasets/my/train"]')
 
 
 def register_config_datasets(cfg) -> list[str]:
