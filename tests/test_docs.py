@@ -524,9 +524,17 @@ def config_file_problem(rel: str) -> str | None:
 
                 resolve(str(REPO / rel))
             else:
+                from detectron2.data import DatasetCatalog, MetadataCatalog
+
                 from soft_d2.config import load_config
 
-                load_config(str(REPO / rel), [])
+                before = set(DatasetCatalog.list())
+                try:
+                    load_config(str(REPO / rel), [])
+                finally:  # DATASETS.REGISTER_COCO_INSTANCES registered names (with paths from this folder)
+                    for name in set(DatasetCatalog.list()) - before:
+                        DatasetCatalog.remove(name)
+                        MetadataCatalog.remove(name)
             _LOADED[rel] = None
         except Exception as err:  # noqa: BLE001 - reported
             _LOADED[rel] = f"config {rel} does not load: {type(err).__name__}: {str(err).splitlines()[0][:300]}"

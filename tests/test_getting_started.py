@@ -56,7 +56,13 @@ def guide_commands() -> list[list[str]]:
 
 @pytest.fixture
 def catalog():
-    """Data sets registered during the test are unregistered after it."""
+    """Each test starts without data sets registered by DATASETS.REGISTER_COCO_INSTANCES (another
+    test of this process may have loaded a config with it, from another folder), and those it
+    registers are unregistered after it."""
+    for name in DatasetCatalog.list():
+        if getattr(MetadataCatalog.get(name), "registered_from", None) == KEY:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
     before = set(DatasetCatalog.list())
     yield
     for name in set(DatasetCatalog.list()) - before:
