@@ -81,6 +81,7 @@ setup(
     name="soft-d2",
     version=read_version(),
     description="SOFT (Softmax-free Transformer) backbones for Detectron2 and timm",
+    license="Apache-2.0",
     # classification: the ImageNet trainer (python -m classification.train, or its script)
     packages=find_packages(include=["soft_d2", "soft_d2.*", "classification"]),
     python_requires=">=3.10",
