@@ -34,9 +34,10 @@ from PIL import Image
 
 from soft_d2.config import load_config
 from soft_d2.d2 import SoftDetectionCheckpointer
+from soft_d2.d2.visualize import class_name, to_rgb
 from soft_d2.detection import coco_thing_classes
 from soft_d2.detection.visualize import Predictor, draw_image_instances, predictions_above
-from soft_d2.segmentation.visualize import class_name, draw_label_prediction, pixel_shares, predict_labels, to_rgb
+from soft_d2.segmentation.visualize import draw_label_prediction, pixel_shares, predict_labels
 from soft_d2.utils.cpu_allocator import keep_freed_memory
 
 

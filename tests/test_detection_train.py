@@ -1,5 +1,6 @@
 """train_net.py end to end on small built-in splits: quickstart train+evaluate+picture, --resume,
---eval-only, a 2-process GLOO run, AMP, the optimizer's groups and demo.py."""
+--eval-only, a 2-process GLOO run, AMP, the optimizer's groups and demo.py; the picture of
+predictions beside the ground truth on a one-image data set."""
 from __future__ import annotations
 
 import json
@@ -8,14 +9,21 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
+from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
+from PIL import Image
 
 import train_net
-from detection_helpers import QUICKSTART_RCNN, QUICKSTART_RETINANET, ROOT, load_cfg, make_small_builtin, \
-    quick_train_opts, run_train_net
+from detection_helpers import QUICKSTART_RCNN, QUICKSTART_RETINANET, ROOT, SMALL_INPUT, load_cfg, \
+    make_small_builtin, quick_train_opts, run_train_net
 from soft_d2.d2.solver import build_param_groups
+from soft_d2.d2.visualize import CAPTION_HEIGHT, colour
+from soft_d2.detection.visualize import ground_truth, save_dataset_predictions
 
 
 @pytest.fixture()
@@ -47,6 +55,9 @@ def test_quickstart_trains_evaluates_and_reproduces_with_eval_only(config, small
                    for k in ("AP", "AP50", "AP75")), results[task]
     for name in ("model_final.pth", "last_checkpoint", "predictions.jpg", "results.json", "metrics.json"):
         assert os.path.exists(os.path.join(out, name)), name
+    drawn = DatasetCatalog.get("soft_shapes_val")[:2]  # TEST.VIS_IMAGES 2: one row of prediction | ground truth
+    assert Image.open(os.path.join(out, "predictions.jpg")).size == (
+        2 * 2 * max(r["width"] for r in drawn), max(r["height"] for r in drawn) + CAPTION_HEIGHT)
     trained = _predictions(out)
     assert len(trained) >= 4 * 10 and all(math.isfinite(p["score"]) for p in trained)  # 4 val images
     # --eval-only from the saved checkpoint reproduces the run's raw predictions and numbers.
@@ -175,3 +186,67 @@ def test_demo_draws_predictions(small_data, tmp_path):
                          "--confidence-threshold", "0.0", "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
                          "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128"])
     assert len(written) == 4 and all(os.path.getsize(p) > 0 for p in written)
+
+
+# A 64 x 48 grey image with a "triangle" (XYWH box 10, 8, 30, 20: XYXY 10, 8, 40, 28) whose polygon
+# mask lies inside the box, and a crowd region at the bottom right, drawn neither.
+GREY = 128
+TRIANGLE = {"bbox": [10, 8, 30, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1, "iscrowd": 0,
+            "segmentation": [[20, 14, 34, 14, 34, 24, 20, 24]]}
+CROWD = {"bbox": [46, 32, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 1,
+         "segmentation": [[46, 32, 56, 32, 56, 42, 46, 42]]}
+
+
+@pytest.fixture()
+def one_image_set(tmp_path):
+    """``vis_one_image`` registered with three records of the same image (removed afterwards)."""
+    path = str(tmp_path / "grey.png")
+    Image.new("RGB", (64, 48), (GREY,) * 3).save(path)
+    name = "vis_one_image"
+    records = [{"file_name": path, "image_id": i, "height": 48, "width": 64, "annotations": [TRIANGLE, CROWD]}
+               for i in range(3)]
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(thing_classes=["circle", "triangle", "square"])
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+@pytest.fixture(scope="module")
+def rcnn_cfg_and_model():
+    cfg = load_cfg(QUICKSTART_RCNN, SMALL_INPUT + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    return cfg, build_model(cfg)
+
+
+def draw_picture(cfg, model, name: str, num_images: int, threshold: float, path: str) -> np.ndarray:
+    cfg = cfg.clone()
+    cfg.TEST.VIS_THRESHOLD = threshold
+    return np.asarray(Image.open(save_dataset_predictions(cfg, model, name, num_images, path)))  # png: lossless
+
+
+def test_picture_is_prediction_beside_ground_truth(one_image_set, rcnn_cfg_and_model, tmp_path):
+    cfg, model = rcnn_cfg_and_model
+    picture = draw_picture(cfg, model, one_image_set, 3, 1.01, str(tmp_path / "none.png"))  # scores are below 1
+    cell_h = 48 + CAPTION_HEIGHT
+    assert picture.shape == (2 * cell_h, 2 * 2 * 64, 3)  # two images a row, each two panels wide
+    assert (picture[cell_h:, 2 * 64:] == 0).all()  # no third pair in the second row
+    captions, predicted, truth = picture[:CAPTION_HEIGHT], picture[CAPTION_HEIGHT:cell_h, :64], \
+        picture[CAPTION_HEIGHT:cell_h, 64:128]
+    assert (captions[:, :64] > 0).any() and (captions[:, :64] != captions[:, 64:128]).any()  # two texts
+    assert (predicted == GREY).all()  # nothing predicted: the plain image
+    assert (truth[20, 40] == colour(0)).all() and (truth[26, 10] == colour(0)).all()  # box outline (XYXY)
+    assert np.abs(truth[19, 27].astype(int) - (np.array(colour(0)) + GREY) // 2).max() <= 1  # mask blended
+    assert (truth[30:, 42:] == GREY).all()  # away from the triangle: the crowd region is not drawn
+    assert (picture[CAPTION_HEIGHT:cell_h, 128:] == picture[CAPTION_HEIGHT:cell_h, :128]).all()  # same record
+    # Every candidate drawn (threshold 0): the prediction panel shows them.
+    picture = draw_picture(cfg, model, one_image_set, 1, 0.0, str(tmp_path / "all.png"))
+    assert picture.shape == (cell_h, 2 * 64, 3)
+    assert (picture[CAPTION_HEIGHT:, :64] != GREY).any()
+    assert (picture[CAPTION_HEIGHT:, 64:] == truth).all()
+
+
+def test_ground_truth_masks_only_when_asked():
+    with_masks, boxes_only = (ground_truth({"annotations": [TRIANGLE, CROWD]}, (48, 64), m) for m in (True, False))
+    assert len(with_masks) == len(boxes_only) == 1  # the crowd region left out
+    assert with_masks.gt_boxes.tensor.tolist() == [[10.0, 8.0, 40.0, 28.0]] and with_masks.gt_classes.tolist() == [1]
+    assert with_masks.gt_masks.tensor.sum() == 14 * 10 and not boxes_only.has("gt_masks")

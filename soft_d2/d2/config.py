@@ -70,7 +70,7 @@ def add_soft_config(cfg: CN) -> CN:
     cfg.SOLVER.POLY_LR_POWER = 1.0      # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR": lr * (1 - it / MAX_ITER) ** power
     cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype when SOLVER.AMP.ENABLED: "float16" | "bfloat16" (fp16 / bf16)
 
-    cfg.TEST.VIS_IMAGES = 0             # after the final evaluation, draw predictions on this many test images
+    cfg.TEST.VIS_IMAGES = 0             # after final evaluation, draw this many test images: prediction | ground truth
     cfg.TEST.VIS_THRESHOLD = 0.5        # score threshold of the drawn predictions (instances)
     return cfg
 

@@ -1,15 +1,16 @@
-"""Pictures of instance predictions (boxes, masks, labels): after a detector's final evaluation
-(TEST.VIS_IMAGES) and in demo.py."""
+"""Pictures of instances (boxes, masks, labels): after a detector's final evaluation (TEST.VIS_IMAGES)
+each image's predictions beside its ground truth, in demo.py the predictions alone."""
 from __future__ import annotations
 
 import numpy as np
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import annotations_to_instances, read_image
+from detectron2.structures import Instances
 from PIL import Image, ImageDraw
 
-from ..d2.visualize import colour, tile
+from ..d2.visualize import captioned, class_name, colour, tile, to_rgb
 
 
 class Predictor:
@@ -33,11 +34,6 @@ class Predictor:
             self.model.train(was_training)
 
 
-def draw_predictions(predictor: Predictor, path: str, metadata, threshold: float) -> np.ndarray:
-    """RGB picture of one image file with its predictions above ``threshold``."""
-    return draw_image_predictions(predictor, read_image(path, format=predictor.format), metadata, threshold)
-
-
 def draw_image_predictions(predictor: Predictor, image: np.ndarray, metadata, threshold: float) -> np.ndarray:
     """RGB picture of an image (in the predictor's INPUT.FORMAT) with its predictions above ``threshold``."""
     return draw_image_instances(predictor, image, predictions_above(predictor, image, threshold), metadata)
@@ -51,39 +47,74 @@ def predictions_above(predictor: Predictor, image: np.ndarray, threshold: float)
 
 def draw_image_instances(predictor: Predictor, image: np.ndarray, instances, metadata) -> np.ndarray:
     """RGB picture of an image (in the predictor's INPUT.FORMAT) with ``instances`` drawn on it."""
-    rgb = image[:, :, ::-1] if predictor.format == "BGR" else image
-    return draw_instances(rgb, instances, list(getattr(metadata, "thing_classes", [])))
+    return draw_instances(to_rgb(image, predictor.format), instances, list(getattr(metadata, "thing_classes", [])))
 
 
 def draw_instances(rgb: np.ndarray, instances, class_names: list[str]) -> np.ndarray:
-    """Masks blended at 50%, boxes and "class score" labels, one colour per instance."""
+    """Predicted instances: masks blended at 50%, boxes and "class score" labels, one colour per instance."""
+    masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
+    boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
+    labels = [f"{class_name(class_names, cls)} {score:.2f}"
+              for cls, score in zip(instances.pred_classes.tolist(), instances.scores.tolist())]
+    return draw_objects(rgb, boxes, labels, masks)
+
+
+def ground_truth(record: dict, image_size: tuple[int, int], with_masks: bool) -> Instances:
+    """A data-set record's annotations but crowd regions (as in training) as Instances: gt_boxes (XYXY,
+    from any ``bbox_mode``), gt_classes and, ``with_masks``, gt_masks (bitmasks from polygons or RLE)."""
+    annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+    if not with_masks:
+        annotations = [{k: v for k, v in a.items() if k != "segmentation"} for a in annotations]
+    return annotations_to_instances(annotations, image_size, mask_format="bitmask")
+
+
+def draw_ground_truth(rgb: np.ndarray, truth: Instances, class_names: list[str]) -> np.ndarray:
+    """Ground-truth instances: masks blended at 50%, boxes and class-name labels, one colour per instance."""
+    masks = truth.gt_masks.tensor.numpy() if truth.has("gt_masks") else None
+    labels = [class_name(class_names, cls) for cls in truth.gt_classes.tolist()]
+    return draw_objects(rgb, truth.gt_boxes.tensor.tolist(), labels, masks)
+
+
+def draw_objects(rgb: np.ndarray, boxes: list, labels: list[str], masks=None) -> np.ndarray:
+    """Objects on an RGB image, one colour each: ``masks`` (boolean H x W per object, or None) blended at
+    50%, then the XYXY ``boxes`` with their ``labels`` above them."""
     picture = rgb.astype(np.float32).copy()
-    masks = instances.pred_masks.numpy() if instances.has("pred_masks") else [None] * len(instances)
-    colours = [colour(i) for i in range(len(instances))]
-    for mask, rgb_colour in zip(masks, colours):
-        if mask is not None:
-            picture[mask] = 0.5 * picture[mask] + 0.5 * np.array(rgb_colour, dtype=np.float32)
+    colours = [colour(i) for i in range(len(labels))]
+    for mask, rgb_colour in zip(masks if masks is not None else [], colours):
+        picture[mask] = 0.5 * picture[mask] + 0.5 * np.array(rgb_colour, dtype=np.float32)
     image = Image.fromarray(picture.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
-    for box, cls, score, box_colour in zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist(), colours):
-        draw.rectangle(box, outline=box_colour, width=2)
-        name = class_names[cls] if cls < len(class_names) else str(cls)
-        label = f"{name} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((box[0], box[1]), label)
-        y = max(0, box[1] - (bottom - top) - 2)
-        draw.rectangle((box[0], y, box[0] + right - left + 2, y + bottom - top + 2), fill=box_colour)
-        draw.text((box[0] + 1, y), label, fill=(0, 0, 0))
+    for box, label, box_colour in zip(boxes, labels, colours):
+        draw_labelled_box(draw, box, label, box_colour)
     return np.asarray(image)
 
 
-def save_dataset_predictions(cfg, model, dataset_name: str, num_images: int, out_path: str) -> str:
-    """Draw predictions on the first ``num_images`` images of a registered data set into one picture."""
-    from detectron2.data import DatasetCatalog
+def draw_labelled_box(draw: ImageDraw.ImageDraw, box: list[float], label: str, box_colour) -> None:
+    """An XYXY box outline and its label on a filled strip just above it (inside the image)."""
+    draw.rectangle(box, outline=box_colour, width=2)
+    left, top, right, bottom = draw.textbbox((box[0], box[1]), label)
+    y = max(0, box[1] - (bottom - top) - 2)
+    draw.rectangle((box[0], y, box[0] + right - left + 2, y + bottom - top + 2), fill=box_colour)
+    draw.text((box[0] + 1, y), label, fill=(0, 0, 0))
 
-    records = DatasetCatalog.get(dataset_name)[:num_images]
+
+def draw_prediction_and_truth(predictor: Predictor, record: dict, metadata, threshold: float,
+                              with_masks: bool) -> np.ndarray:
+    """Captioned "prediction" | "ground truth" panels of one data-set record's image."""
+    image = read_image(record["file_name"], format=predictor.format)
+    truth = ground_truth(record, image.shape[:2], with_masks)
+    class_names = list(getattr(metadata, "thing_classes", []))
+    panels = [captioned(draw_image_predictions(predictor, image, metadata, threshold), "prediction"),
+              captioned(draw_ground_truth(to_rgb(image, predictor.format), truth, class_names), "ground truth")]
+    return np.concatenate(panels, axis=1)
+
+
+def save_dataset_predictions(cfg, model, dataset_name: str, num_images: int, out_path: str) -> str:
+    """Prediction | ground truth (masks for MODEL.MASK_ON) for the first ``num_images`` images of a
+    registered data set, in one picture, two images a row."""
     predictor = Predictor(cfg, model)
     metadata = MetadataCatalog.get(dataset_name)
-    pictures = [draw_predictions(predictor, r["file_name"], metadata, cfg.TEST.VIS_THRESHOLD) for r in records]
-    tile(pictures).save(out_path)
+    pictures = [draw_prediction_and_truth(predictor, record, metadata, cfg.TEST.VIS_THRESHOLD, cfg.MODEL.MASK_ON)
+                for record in DatasetCatalog.get(dataset_name)[:num_images]]
+    tile(pictures, columns=2).save(out_path)
     return out_path

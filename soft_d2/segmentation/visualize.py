@@ -9,7 +9,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from PIL import Image, ImageDraw
 
-from ..d2.visualize import colour, tile
+from ..d2.visualize import class_name, colour, tile, to_rgb
 from .mapper import build_sem_seg_augmentations
 
 
@@ -39,15 +39,6 @@ def blend_labels(rgb: np.ndarray, labels: np.ndarray, ignore_label: int = 255) -
         mask = labels == cls
         picture[mask] = 0.5 * picture[mask] + 0.5 * np.array(colour(cls - 1), dtype=np.float32)
     return picture.clip(0, 255).astype(np.uint8)
-
-
-def to_rgb(image: np.ndarray, image_format: str) -> np.ndarray:
-    """An image read in ``image_format`` (INPUT.FORMAT) as RGB."""
-    return image[:, :, ::-1] if image_format == "BGR" else image
-
-
-def class_name(class_names: list[str], cls: int) -> str:
-    return class_names[cls] if 0 <= cls < len(class_names) else str(cls)
 
 
 def pixel_shares(labels: np.ndarray, ignore_label: int = 255) -> list[tuple[int, float]]:
