@@ -110,7 +110,8 @@ def save_picture(cfg, model) -> None:
         model = model.module if isinstance(model, DistributedDataParallel) else model
         draw = save_sem_seg_predictions if is_semantic(cfg) else save_dataset_predictions
         path = draw(cfg, model, cfg.DATASETS.TEST[0], cfg.TEST.VIS_IMAGES, os.path.join(cfg.OUTPUT_DIR, "predictions.jpg"))
-        logger.info(f"Predictions on {cfg.TEST.VIS_IMAGES} images of {cfg.DATASETS.TEST[0]} drawn to {path}")
+        logger.info(f"Prediction | ground truth of {cfg.TEST.VIS_IMAGES} images of {cfg.DATASETS.TEST[0]} "
+                    f"drawn to {path}")
 
 
 def main(args):
