@@ -8,9 +8,7 @@ tables into docs/BENCHMARKS.md through write_section, each into its own named se
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -63,27 +61,8 @@ def write_section(path, name: str, body: str, command: str) -> None:
     else:
         sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
         new = text + sep + block + "\n"
-    _replace(path, new.encode("utf-8"))
+    # imported here: the scripts import this module before torch loads (OMP_WAIT_POLICY is set first)
+    from soft_d2.utils.files import atomic_write
 
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, keeping the old file's permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        mode = path.stat().st_mode & 0o7777
-    else:  # what open() would give a new file
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    data = new.encode("utf-8")
+    atomic_write(str(path), lambda f: f.write(data))

@@ -39,11 +39,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # benchmarks/ is on sys.path when this file runs as a script
-from backbone import add_write_options, command_line, doc_target, header_line  # noqa: E402
+from backbone import DOC, ROOT, add_write_options, command_line, doc_target, header_line  # noqa: E402
 from doc_sections import write_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 SHAPES = {  # name: (batch, heads, N, m, d)
     "224 stage-1": (1, 2, 3136, 49, 32),
     "800x1344 stage-1": (1, 2, 67200, 1050, 32),

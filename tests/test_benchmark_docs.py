@@ -112,7 +112,7 @@ def test_the_write_is_atomic(tmp_path, monkeypatch):
         moves.append((Path(src).parent, Path(dst)))
         raise OSError("disk full")
 
-    monkeypatch.setattr(doc_sections.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_section(doc, "alpha", "new", "me")
     assert moves == [(tmp_path, doc)]
