@@ -139,6 +139,20 @@ def test_config_errors_name_the_key():
         small_segmentor(["MODEL.SEM_SEG_HEAD.NORM", "LayerNormX"])
     with pytest.raises(ValueError, match="AUX_IN_FEATURE"):
         small_segmentor(["MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE", "res6"])
+    with pytest.raises(ValueError, match="MODEL.SEM_SEG_HEAD.CLASSIFIER_INIT_STD must be positive"):
+        small_segmentor(["MODEL.SEM_SEG_HEAD.CLASSIFIER_INIT_STD", "0.0"])
+
+
+@pytest.mark.parametrize("std", [0.01, 0.3])
+def test_classifier_init_std_sets_both_classifiers(std):
+    torch.manual_seed(0)
+    _, model = small_segmentor(["MODEL.SEM_SEG_HEAD.CLASSIFIER_INIT_STD", str(std), "MODEL.SEM_SEG_HEAD.CONVS_DIM", "128",
+                                "MODEL.SEM_SEG_HEAD.AUX_CONVS_DIM", "64"])  # 512 and 256 weights: std within ~10%
+    head = model.sem_seg_head
+    for classifier in (head.decoder.classifier, head.aux_head.classifier):
+        weight = classifier.weight.detach()
+        assert weight.numel() >= 256 and weight.std().item() == pytest.approx(std, rel=0.15)
+        assert torch.count_nonzero(classifier.bias) == 0
 
 
 # ---------------------------------------------------------------- the ADE20K configs

@@ -12,6 +12,7 @@ def add_segmentation_config(cfg: CN) -> CN:
     h = cfg.MODEL.SEM_SEG_HEAD
     h.POOL_SCALES = [1, 2, 3, 6]        # PPM grid sizes on the last stage (PSPNet / UperNet)
     h.DROPOUT = 0.1                     # Dropout2d before each classifier
+    h.CLASSIFIER_INIT_STD = 0.01        # std of both classifiers' initial weights (the common UperNet recipe)
     h.AUX_IN_FEATURE = "res4"           # auxiliary FCN head on stage 3 (deep supervision)
     h.AUX_CONVS_DIM = 256               # its conv channels
     h.AUX_LOSS_WEIGHT = 0.4             # its loss weight; 0 = no auxiliary head at all

@@ -49,10 +49,14 @@ class UperNetHead(nn.Module):
             raise ValueError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES must go from fine to coarse, got strides {strides}")
         self.output_stride = strides[0]  # logits come at the finest map's stride
         norm = _norm_factory(h.NORM)
+        if not h.CLASSIFIER_INIT_STD > 0:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.CLASSIFIER_INIT_STD must be positive, got {h.CLASSIFIER_INIT_STD} "
+                             f"(0.01: the common recipe; 1/sqrt(CONVS_DIM) for a narrow decoder on a short schedule)")
         self.ignore_value = h.IGNORE_VALUE
         self.loss_weight = h.LOSS_WEIGHT
         self.decoder = UperNetDecoder([input_shape[f].channels for f in self.in_features], h.NUM_CLASSES,
-                                      channels=h.CONVS_DIM, pool_scales=h.POOL_SCALES, norm=norm, dropout=h.DROPOUT)
+                                      channels=h.CONVS_DIM, pool_scales=h.POOL_SCALES, norm=norm, dropout=h.DROPOUT,
+                                      classifier_std=h.CLASSIFIER_INIT_STD)
         self.aux_weight = h.AUX_LOSS_WEIGHT
         self.aux_feature = h.AUX_IN_FEATURE
         self.aux_head = None
@@ -61,7 +65,7 @@ class UperNetHead(nn.Module):
                 raise ValueError(f"MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE {self.aux_feature!r} is not produced by the "
                                  f"backbone (it gives {sorted(input_shape)}); set AUX_LOSS_WEIGHT 0 to drop the head")
             self.aux_head = FCNHead(input_shape[self.aux_feature].channels, h.NUM_CLASSES, channels=h.AUX_CONVS_DIM,
-                                    norm=norm, dropout=h.DROPOUT)
+                                    norm=norm, dropout=h.DROPOUT, classifier_std=h.CLASSIFIER_INIT_STD)
 
     def forward(self, features: dict[str, torch.Tensor], targets: torch.Tensor | None = None):
         logits = self.decoder([features[f] for f in self.in_features])

@@ -25,10 +25,16 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _classifier(in_channels: int, num_classes: int) -> nn.Conv2d:
-    """1x1 conv to logits; small initial weights so training starts from near-uniform predictions."""
+def _classifier(in_channels: int, num_classes: int, init_std: float) -> nn.Conv2d:
+    """1x1 conv to logits, weights ~ N(0, init_std^2), zero bias.
+
+    The gradient reaching the decoder is W^T (p - y): with a small std (0.01, the common recipe for
+    512-channel decoders and 160k steps) the layers below learn slowly until W has grown; a narrow
+    decoder on a short schedule wants std ~ 1/sqrt(in_channels) (unit-variance logits)."""
+    if not init_std > 0:
+        raise ValueError(f"classifier init std must be positive, got {init_std}")
     conv = nn.Conv2d(in_channels, num_classes, 1)
-    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.normal_(conv.weight, std=init_std)
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -65,7 +71,7 @@ class UperNetDecoder(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int = 512,
                  pool_scales: Sequence[int] = (1, 2, 3, 6), norm: NormFactory | None = nn.BatchNorm2d,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, classifier_std: float = 0.01):
         super().__init__()
         if len(in_channels) < 2:
             raise ValueError(f"UperNet fuses a pyramid: needs at least 2 input maps, got {len(in_channels)}")
@@ -74,7 +80,7 @@ class UperNetDecoder(nn.Module):
         self.smooth = nn.ModuleList(ConvNormAct(channels, channels, 3, norm) for _ in in_channels[:-1])
         self.fuse = ConvNormAct(len(in_channels) * channels, channels, 3, norm)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = _classifier(channels, num_classes)
+        self.classifier = _classifier(channels, num_classes, classifier_std)
         self.num_inputs = len(in_channels)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -96,12 +102,12 @@ class FCNHead(nn.Module):
     """Auxiliary head: conv(s) on one intermediate map, dropout, 1x1 classifier (deep supervision)."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, num_convs: int = 1,
-                 norm: NormFactory | None = nn.BatchNorm2d, dropout: float = 0.1):
+                 norm: NormFactory | None = nn.BatchNorm2d, dropout: float = 0.1, classifier_std: float = 0.01):
         super().__init__()
         convs = [ConvNormAct(in_channels if i == 0 else channels, channels, 3, norm) for i in range(num_convs)]
         self.convs = nn.Sequential(*convs)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = _classifier(channels if num_convs else in_channels, num_classes)
+        self.classifier = _classifier(channels if num_convs else in_channels, num_classes, classifier_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.convs(x)))
