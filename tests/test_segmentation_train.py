@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from detection_helpers import run_train_net
-from segmentation_helpers import ADE20K_CONFIGS, QUICKSTART_UPERNET, SMALL_SOFT, make_small_sem_seg, quick_seg_opts
+from segmentation_helpers import ADE20K_CONFIGS, QUICKSTART_UPERNET, ROOT, SMALL_SOFT, make_small_sem_seg, quick_seg_opts
 from soft_d2.config import load_config
 
 
@@ -66,8 +66,7 @@ def test_seeded_runs_repeat_exactly(small_sem_seg, tmp_path):
 
 def test_fit_one_batch_tool_reports_every_class(small_sem_seg, capsys):
     """tools/fit_one_batch.py fits one batch and reports the loss and each present class's accuracy."""
-    spec = importlib.util.spec_from_file_location("fit_one_batch", os.path.join(
-        os.path.dirname(QUICKSTART_UPERNET), "..", "..", "tools", "fit_one_batch.py"))
+    spec = importlib.util.spec_from_file_location("fit_one_batch", os.path.join(ROOT, "tools", "fit_one_batch.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     opts = SMALL_SOFT + ["INPUT.SEG_RESIZE.SHORT_SIDE", "96", "INPUT.SEG_RESIZE.LONG_SIDE", "160",
@@ -79,5 +78,4 @@ def test_fit_one_batch_tool_reports_every_class(small_sem_seg, capsys):
     assert [line.split(":")[0] for line in steps] == ["step 2", "step 4"]
     assert all("background" in line and "%" in line for line in steps)
     with pytest.raises(SystemExit, match="SemanticSegmentor"):
-        tool.main(["--config-file", os.path.join(os.path.dirname(QUICKSTART_UPERNET),
-                                                 "retinanet_soft_norm_tiny_shapes.yaml")])
+        tool.main(["--config-file", os.path.join(ROOT, "configs/quickstart/retinanet_soft_norm_tiny_shapes.yaml")])

@@ -31,8 +31,6 @@ def _classifier(in_channels: int, num_classes: int, init_std: float) -> nn.Conv2
     The gradient reaching the decoder is W^T (p - y): with a small std (0.01, the common recipe for
     512-channel decoders and 160k steps) the layers below learn slowly until W has grown; a narrow
     decoder on a short schedule wants std ~ 1/sqrt(in_channels) (unit-variance logits)."""
-    if not init_std > 0:
-        raise ValueError(f"classifier init std must be positive, got {init_std}")
     conv = nn.Conv2d(in_channels, num_classes, 1)
     nn.init.normal_(conv.weight, std=init_std)
     nn.init.zeros_(conv.bias)
