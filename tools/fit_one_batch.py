@@ -54,6 +54,7 @@ def main(argv=None) -> None:
     from detectron2.utils.env import seed_all_rng
 
     from soft_d2.config import load_config
+    from soft_d2.d2.amp import autocast_dtype
     from soft_d2.d2.solver import build_optimizer
     from soft_d2.segmentation import build_sem_seg_mapper
 
@@ -69,15 +70,19 @@ def main(argv=None) -> None:
     batch = [mapper(dict(records[i])) for i in range(min(cfg.SOLVER.IMS_PER_BATCH, len(records)))]
     model = build_model(cfg).train()
     optimizer = build_optimizer(cfg, model)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu")
+    # As train_net.py trains: SOLVER.AMP's autocast on MODEL.DEVICE, a gradient scaler for float16 only.
+    device_type = torch.device(cfg.MODEL.DEVICE).type
+    precision = autocast_dtype(cfg.SOLVER.AMP.PRECISION) if cfg.SOLVER.AMP.ENABLED else None
+    scaler = torch.amp.GradScaler(device_type, enabled=precision == torch.float16)
     print(f"{len(batch)} crops of {name}; classes {list(classes)}")
     for step in range(1, args.steps + 1):
-        with amp:
+        with torch.autocast(device_type, dtype=precision, enabled=precision is not None):
             losses = model(batch)
-        loss = sum(losses.values())
+        loss = sum(v.float() for v in losses.values())
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if step % args.every == 0 or step == args.steps:
             accuracy = class_accuracy(model, batch, len(classes))
             shown = "  ".join(f"{c} {100 * a:.0f}%" for c, a in zip(classes, accuracy) if not np.isnan(a))
